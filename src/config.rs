@@ -1,0 +1,225 @@
+//! The TOML configuration: what the operator wrote, checked once at start-up.
+//!
+//! `config/rexd.toml` documents every key and is embedded in the binary; with no `--config`,
+//! rexd runs on exactly that file, so the documented defaults and the real ones cannot drift.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The documented default configuration, shipped inside the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/rexd.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Root of everything rexd stores; `None` means [`default_data_dir`].
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter used when `RUST_LOG` is not set.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The instance names served; requests naming any other are rejected.
+    #[serde(default = "default_instances")]
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// Settings of the blob store and the gRPC limits derived from it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Largest total of blob bytes in one batch request or response.
+    pub max_batch_total_size: ByteSize,
+    /// Flush every blob to stable storage before it becomes visible.
+    pub fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_batch_total_size: ByteSize::mib(4),
+            fsync: true,
+        }
+    }
+}
+
+/// Per-instance policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: String,
+    /// Whether clients may call UpdateActionResult on this instance.
+    #[serde(default = "yes")]
+    pub allow_ac_updates: bool,
+}
+
+impl InstanceConfig {
+    pub fn named(name: &str) -> Self {
+        InstanceConfig {
+            name: name.to_string(),
+            allow_ac_updates: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8980".parse().expect("valid address")
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+fn default_instances() -> Vec<InstanceConfig> {
+    vec![InstanceConfig::named("")]
+}
+
+/// `$XDG_CACHE_HOME/rexd`, else `$HOME/.cache/rexd`, else `./rexd-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("rexd");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("rexd");
+    }
+    PathBuf::from("rexd-data")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_toml(DEFAULT_TOML).expect("the embedded default config is valid")
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The data directory in force.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&InstanceConfig> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.instances.is_empty() {
+            return invalid("`instances` must name at least one instance".into());
+        }
+        for (i, inst) in self.instances.iter().enumerate() {
+            if self.instances[..i].iter().any(|o| o.name == inst.name) {
+                return invalid(format!("instance {:?} is listed twice", inst.name));
+            }
+            if !inst.name.is_empty() && inst.name.split('/').any(str::is_empty) {
+                return invalid(format!("instance name {:?} has an empty segment", inst.name));
+            }
+            if let Some(seg) = inst.name.split('/').find(|s| is_reserved_segment(s)) {
+                return invalid(format!(
+                    "instance name {:?} contains the reserved segment {seg:?}",
+                    inst.name
+                ));
+            }
+        }
+        let batch = self.storage.max_batch_total_size.as_u64();
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&batch) {
+            return invalid(format!(
+                "storage.max_batch_total_size must be between 64KiB and 256MiB, not {}",
+                self.storage.max_batch_total_size
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid(format!("log_level {:?} is not a valid filter", self.log_level));
+        }
+        Ok(())
+    }
+}
+
+fn is_reserved_segment(s: &str) -> bool {
+    matches!(
+        s,
+        "blobs" | "uploads" | "compressed-blobs" | "operations" | "capabilities"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::default();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.instances, default_instances());
+        assert_eq!(c.storage, StorageConfig::default());
+        assert!(c.data_dir.is_none());
+    }
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("lisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::from_toml("[storage]\nfsynk = true").unwrap_err();
+        assert!(err.to_string().contains("fsynk"), "{err}");
+    }
+
+    #[test]
+    fn human_sizes() {
+        let c = Config::from_toml("[storage]\nmax_batch_total_size = \"8MiB\"").unwrap();
+        assert_eq!(c.storage.max_batch_total_size, ByteSize::mib(8));
+    }
+
+    #[test]
+    fn bad_instances_rejected() {
+        assert!(Config::from_toml("instances = []").is_err());
+        assert!(Config::from_toml("[[instances]]\nname = \"a\"\n[[instances]]\nname = \"a\"").is_err());
+        assert!(Config::from_toml("[[instances]]\nname = \"x/blobs\"").is_err());
+        let c = Config::from_toml("[[instances]]\nname = \"a\"\nallow_ac_updates = false").unwrap();
+        assert!(!c.instance("a").unwrap().allow_ac_updates);
+        assert!(c.instance("").is_none());
+    }
+}

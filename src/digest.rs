@@ -1,0 +1,254 @@
+//! Validated content digests. Every digest that enters rexd is parsed here once, at the edge;
+//! the rest of the crate only ever sees a [`Digest`] that is known to be well formed.
+
+use std::fmt;
+
+use sha2::Digest as _;
+
+use crate::error::Error;
+use crate::proto::remote_execution as re;
+
+/// The hash functions rexd can verify content with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DigestFunction {
+    Sha256,
+}
+
+impl DigestFunction {
+    /// Every function the server offers, in the order Capabilities lists them.
+    pub const ALL: &'static [DigestFunction] = &[DigestFunction::Sha256];
+
+    /// Maps a request's `digest_function` field. UNKNOWN (0) means "the default", SHA-256, as the
+    /// spec asks of servers that support it.
+    pub fn from_proto(value: i32) -> Result<Self, Error> {
+        match re::digest_function::Value::try_from(value) {
+            Ok(re::digest_function::Value::Unknown | re::digest_function::Value::Sha256) => {
+                Ok(DigestFunction::Sha256)
+            }
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "digest function {} is not supported; this server supports: {}",
+                other.as_str_name(),
+                Self::supported_names()
+            ))),
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "unknown digest function value {value}"
+            ))),
+        }
+    }
+
+    pub fn to_proto(self) -> re::digest_function::Value {
+        match self {
+            DigestFunction::Sha256 => re::digest_function::Value::Sha256,
+        }
+    }
+
+    /// Lower-case name, as used in resource names and on-disk paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestFunction::Sha256 => "sha256",
+        }
+    }
+
+    /// Parses the lower-case name used in ByteStream resource names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|f| f.name() == name)
+    }
+
+    /// Picks the function from the hash length, for resource names that omit it.
+    pub fn from_hash_len(len: usize) -> Option<Self> {
+        match len {
+            64 => Some(DigestFunction::Sha256),
+            _ => None,
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            DigestFunction::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    fn supported_names() -> String {
+        Self::ALL
+            .iter()
+            .map(|f| f.name().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Length in bytes of every hash rexd stores.
+pub const HASH_LEN: usize = 32;
+
+/// A validated digest: function, raw hash bytes and size. `Copy`, so index keys cost nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    function: DigestFunction,
+    hash: [u8; HASH_LEN],
+    size: u64,
+}
+
+impl Digest {
+    /// Parses a hex hash and a size, as found in protos and resource names.
+    pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self, Error> {
+        if size < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash}/{size}: size must not be negative"
+            )));
+        }
+        let bytes = hash.as_bytes();
+        if bytes.len() != HASH_LEN * 2
+            || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash:?}/{size}: a {} hash must be {} lower-case hex characters",
+                function.name(),
+                HASH_LEN * 2
+            )));
+        }
+        let mut raw = [0u8; HASH_LEN];
+        hex::decode_to_slice(bytes, &mut raw).expect("validated hex");
+        Ok(Digest {
+            function,
+            hash: raw,
+            size: size as u64,
+        })
+    }
+
+    /// Validates a digest taken from a request.
+    pub fn from_proto(function: DigestFunction, digest: &re::Digest) -> Result<Self, Error> {
+        Self::parse(function, &digest.hash, digest.size_bytes)
+    }
+
+    /// Like [`Digest::from_proto`], but a missing message field is an error naming `what`.
+    pub fn from_required(
+        function: DigestFunction,
+        digest: Option<&re::Digest>,
+        what: &str,
+    ) -> Result<Self, Error> {
+        let digest =
+            digest.ok_or_else(|| Error::InvalidArgument(format!("{what} digest is missing")))?;
+        Self::from_proto(function, digest)
+    }
+
+    /// The digest of `data`.
+    pub fn of(function: DigestFunction, data: &[u8]) -> Self {
+        let mut hasher = function.hasher();
+        hasher.update(data);
+        hasher.finish(data.len() as u64)
+    }
+
+    pub fn empty(function: DigestFunction) -> Self {
+        Self::of(function, &[])
+    }
+
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn hash_bytes(&self) -> &[u8; HASH_LEN] {
+        &self.hash
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    pub fn is_empty_blob(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn to_proto(&self) -> re::Digest {
+        re::Digest {
+            hash: self.hash_hex(),
+            size_bytes: self.size as i64,
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    /// `hash/size`, the form used in resource names and log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hash_hex(), self.size)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.function.name(), self)
+    }
+}
+
+/// An incremental hasher for any supported function.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// Finishes into a digest of `size` bytes (the caller counts what it fed in).
+    pub fn finish(self, size: u64) -> Digest {
+        match self {
+            Hasher::Sha256(h) => Digest {
+                function: DigestFunction::Sha256,
+                hash: h.finalize().into(),
+                size,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn empty_digest_is_well_known() {
+        let d = Digest::empty(DigestFunction::Sha256);
+        assert_eq!(d.hash_hex(), EMPTY_SHA256);
+        assert_eq!(d.size(), 0);
+        assert!(d.is_empty_blob());
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        let d = Digest::parse(DigestFunction::Sha256, EMPTY_SHA256, 0).unwrap();
+        assert_eq!(d, Digest::empty(DigestFunction::Sha256));
+        assert_eq!(d.to_string(), format!("{EMPTY_SHA256}/0"));
+    }
+
+    #[test]
+    fn parse_rejects_bad_input() {
+        let upper = EMPTY_SHA256.to_uppercase();
+        for (hash, size) in [
+            (EMPTY_SHA256, -1),
+            (&EMPTY_SHA256[1..], 0),
+            (upper.as_str(), 0),
+            ("zz", 0),
+            ("", 0),
+        ] {
+            let err = Digest::parse(DigestFunction::Sha256, hash, size).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{hash}/{size}");
+        }
+    }
+
+    #[test]
+    fn function_from_proto() {
+        assert_eq!(DigestFunction::from_proto(0).unwrap(), DigestFunction::Sha256);
+        assert_eq!(DigestFunction::from_proto(1).unwrap(), DigestFunction::Sha256);
+        assert!(DigestFunction::from_proto(3).is_err());
+        assert!(DigestFunction::from_proto(999).is_err());
+    }
+}

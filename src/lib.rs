@@ -1,0 +1,27 @@
+//! rexd: a standalone Remote Execution API v2 server.
+//!
+//! One tokio process serves the REAPI ContentAddressableStorage, ActionCache, Capabilities and
+//! google.bytestream ByteStream services (plus gRPC health and reflection) on one port, backed
+//! by an on-disk content-addressed store.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated once at start-up.
+//! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
+//! - [`resource`]: ByteStream resource-name parsing.
+//! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks.
+//! - [`service`]: one thin gRPC adapter per service.
+//! - [`server`]: wires the services onto a listener and runs until shutdown.
+//! - [`error`]: the crate error and its single mapping onto gRPC statuses.
+//! - [`proto`]: generated protobuf and gRPC code.
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod proto;
+pub mod resource;
+pub mod server;
+pub mod service;
+pub mod storage;
+
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,146 @@
+//! ActionCache: results of earlier actions, served only while every blob they name is still
+//! in the CAS.
+
+use tonic::{Request, Response, Status};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::Error;
+use crate::proto::remote_execution::{
+    action_cache_server::ActionCache, ActionResult, GetActionResultRequest,
+    UpdateActionResultRequest,
+};
+use crate::service::{blocking, Context};
+use crate::storage::{tree, Cas};
+
+/// Most bytes of stdout, stderr and output files inlined into one GetActionResult reply.
+const MAX_INLINE_BYTES: u64 = 1024 * 1024;
+
+pub struct ActionCacheService {
+    ctx: Context,
+}
+
+impl ActionCacheService {
+    pub fn new(ctx: Context) -> Self {
+        ActionCacheService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = request.into_inner();
+        self.ctx.instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
+        let ctx = self.ctx.clone();
+        let result = blocking(move || {
+            let Some(mut result) = ctx.ac.get(&req.instance_name, &digest)? else {
+                return Ok(None);
+            };
+            let missing = tree::missing_blobs_of_result(&ctx.cas, function, &result)?;
+            if !missing.is_empty() {
+                tracing::debug!(%digest, missing = missing.len(), "action result incomplete; not served");
+                return Ok(None);
+            }
+            inline_outputs(&ctx.cas, function, &mut result, &req)?;
+            Ok(Some(result))
+        })
+        .await?;
+        match result {
+            Some(result) => Ok(Response::new(result)),
+            None => Err(Error::NotFound(format!("no action result for {digest}")).into()),
+        }
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = request.into_inner();
+        let instance = self.ctx.instance(&req.instance_name)?;
+        if !instance.allow_ac_updates {
+            return Err(Error::PermissionDenied(format!(
+                "instance {:?} does not accept UpdateActionResult: only this server's own \
+                 workers write its action cache",
+                req.instance_name
+            ))
+            .into());
+        }
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
+        let result = req
+            .action_result
+            .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))?;
+        let referenced = referenced_digests(function, &result)?;
+        let missing = self.ctx.cas.find_missing(&referenced);
+        if !missing.is_empty() {
+            return Err(Error::MissingBlobs(missing).into());
+        }
+        let ac = self.ctx.ac.clone();
+        let instance_name = req.instance_name;
+        let stored = result.clone();
+        blocking(move || ac.put(&instance_name, &digest, &stored)).await?;
+        Ok(Response::new(result))
+    }
+}
+
+/// The top-level blobs a result names (files, trees, directories, stdout and stderr), checked
+/// for validity and presence before the result is stored.
+fn referenced_digests(function: DigestFunction, result: &ActionResult) -> Result<Vec<Digest>, Error> {
+    let mut out = Vec::new();
+    for file in &result.output_files {
+        out.push(Digest::from_required(function, file.digest.as_ref(), "output file")?);
+    }
+    for dir in &result.output_directories {
+        for d in [&dir.tree_digest, &dir.root_directory_digest].into_iter().flatten() {
+            out.push(Digest::from_proto(function, d)?);
+        }
+    }
+    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
+        out.push(Digest::from_proto(function, d)?);
+    }
+    Ok(out)
+}
+
+/// Fills in the inline contents the client asked for, within [`MAX_INLINE_BYTES`].
+fn inline_outputs(
+    cas: &Cas,
+    function: DigestFunction,
+    result: &mut ActionResult,
+    req: &GetActionResultRequest,
+) -> Result<(), Error> {
+    let mut budget = MAX_INLINE_BYTES;
+    let mut take = |digest: &Option<crate::proto::remote_execution::Digest>| -> Result<Option<bytes::Bytes>, Error> {
+        let Some(d) = digest else { return Ok(None) };
+        let d = Digest::from_proto(function, d)?;
+        if d.size() > budget {
+            return Ok(None);
+        }
+        let data = cas.read(&d)?;
+        if data.is_some() {
+            budget -= d.size();
+        }
+        Ok(data)
+    };
+    if req.inline_stdout && result.stdout_raw.is_empty() {
+        if let Some(data) = take(&result.stdout_digest)? {
+            result.stdout_raw = data;
+        }
+    }
+    if req.inline_stderr && result.stderr_raw.is_empty() {
+        if let Some(data) = take(&result.stderr_digest)? {
+            result.stderr_raw = data;
+        }
+    }
+    for file in &mut result.output_files {
+        if file.contents.is_empty() && req.inline_output_files.iter().any(|p| *p == file.path) {
+            if let Some(data) = take(&file.digest)? {
+                file.contents = data;
+            }
+        }
+    }
+    Ok(())
+}

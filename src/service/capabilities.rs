@@ -1,0 +1,77 @@
+//! Capabilities: tells clients which digest functions, compressors, limits and API versions
+//! this server supports.
+
+use tonic::{Request, Response, Status};
+
+use crate::digest::DigestFunction;
+use crate::proto::remote_execution::{
+    self as re, capabilities_server::Capabilities, ActionCacheUpdateCapabilities, CacheCapabilities,
+    ExecutionCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+};
+use crate::proto::semver::SemVer;
+use crate::service::Context;
+
+/// Lowest REAPI version served.
+pub const LOW_API_VERSION: (i32, i32) = (2, 0);
+/// Highest REAPI version whose server obligations rexd meets.
+pub const HIGH_API_VERSION: (i32, i32) = (2, 3);
+
+pub struct CapabilitiesService {
+    ctx: Context,
+}
+
+impl CapabilitiesService {
+    pub fn new(ctx: Context) -> Self {
+        CapabilitiesService { ctx }
+    }
+}
+
+fn semver((major, minor): (i32, i32)) -> SemVer {
+    SemVer {
+        major,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesService {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        let instance = self.ctx.instance(&request.get_ref().instance_name)?;
+        let digest_functions: Vec<i32> = DigestFunction::ALL
+            .iter()
+            .map(|f| f.to_proto() as i32)
+            .collect();
+        let cache = CacheCapabilities {
+            digest_functions: digest_functions.clone(),
+            action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                update_enabled: instance.allow_ac_updates,
+            }),
+            cache_priority_capabilities: None,
+            max_batch_total_size_bytes: self.ctx.max_batch_bytes() as i64,
+            symlink_absolute_path_strategy: re::symlink_absolute_path_strategy::Value::Disallowed
+                as i32,
+            supported_compressors: vec![re::compressor::Value::Zstd as i32],
+            supported_batch_update_compressors: vec![re::compressor::Value::Zstd as i32],
+            ..Default::default()
+        };
+        let execution = ExecutionCapabilities {
+            digest_function: DigestFunction::Sha256.to_proto() as i32,
+            exec_enabled: false,
+            execution_priority_capabilities: None,
+            supported_node_properties: Vec::new(),
+            digest_functions,
+        };
+        Ok(Response::new(ServerCapabilities {
+            cache_capabilities: Some(cache),
+            execution_capabilities: Some(execution),
+            deprecated_api_version: None,
+            low_api_version: Some(semver(LOW_API_VERSION)),
+            high_api_version: Some(semver(HIGH_API_VERSION)),
+        }))
+    }
+}

@@ -1,0 +1,180 @@
+//! ContentAddressableStorage: existence checks, small-blob batches and tree listing.
+
+use tonic::{Request, Response, Status};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{ok_status, Error};
+use crate::proto::remote_execution::{
+    batch_read_blobs_response, batch_update_blobs_response, compressor,
+    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
+    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
+};
+use crate::service::{blocking, Context};
+use crate::storage::tree;
+
+/// GetTree pages hold at most this many directories unless the client asks for fewer.
+const MAX_TREE_PAGE: usize = 10_000;
+
+pub struct CasService {
+    ctx: Context,
+}
+
+impl CasService {
+    pub fn new(ctx: Context) -> Self {
+        CasService { ctx }
+    }
+}
+
+type GetTreeStream = tonic::codegen::BoxStream<GetTreeResponse>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        self.ctx.instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .map(|d| Digest::from_proto(function, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self.ctx.cas.find_missing(&digests);
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let req = request.into_inner();
+        self.ctx.instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        let max = self.ctx.max_batch_bytes();
+        if total > max {
+            return Err(Error::InvalidArgument(format!(
+                "BatchUpdateBlobs carries {total} bytes, over max_batch_total_size_bytes ({max}); \
+                 upload large blobs with ByteStream Write"
+            ))
+            .into());
+        }
+        let cas = self.ctx.cas.clone();
+        let responses = blocking(move || {
+            Ok(req
+                .requests
+                .into_iter()
+                .map(|r| {
+                    let result = Digest::from_required(function, r.digest.as_ref(), "blob")
+                        .and_then(|digest| {
+                            let data = decompress(r.compressor, &digest, r.data)?;
+                            cas.put(&digest, &data)
+                        });
+                    batch_update_blobs_response::Response {
+                        digest: r.digest,
+                        status: Some(result.map_or_else(|e| e.to_rpc_status(), |()| ok_status())),
+                    }
+                })
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let req = request.into_inner();
+        self.ctx.instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = req
+            .digests
+            .iter()
+            .map(|d| Digest::from_proto(function, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: u64 = digests.iter().map(Digest::size).sum();
+        let max = self.ctx.max_batch_bytes();
+        if total > max {
+            return Err(Error::InvalidArgument(format!(
+                "BatchReadBlobs asks for {total} bytes, over max_batch_total_size_bytes ({max}); \
+                 read large blobs with ByteStream Read"
+            ))
+            .into());
+        }
+        let cas = self.ctx.cas.clone();
+        let responses = blocking(move || {
+            Ok(digests
+                .into_iter()
+                .map(|digest| {
+                    let (data, status) = match cas.read(&digest) {
+                        Ok(Some(data)) => (data, ok_status()),
+                        Ok(None) => (
+                            Default::default(),
+                            Error::NotFound(format!("blob {digest} is not in the CAS"))
+                                .to_rpc_status(),
+                        ),
+                        Err(e) => (Default::default(), e.to_rpc_status()),
+                    };
+                    batch_read_blobs_response::Response {
+                        digest: Some(digest.to_proto()),
+                        data,
+                        compressor: compressor::Value::Identity as i32,
+                        status: Some(status),
+                    }
+                })
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<GetTreeStream>, Status> {
+        let req = request.into_inner();
+        self.ctx.instance(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let root = Digest::from_required(function, req.root_digest.as_ref(), "root")?;
+        if req.page_size < 0 {
+            return Err(Error::InvalidArgument("page_size must not be negative".into()).into());
+        }
+        let page_size = match req.page_size as usize {
+            0 => MAX_TREE_PAGE,
+            n => n.min(MAX_TREE_PAGE),
+        };
+        // Leave headroom under the 4 MiB message size most clients accept.
+        let max_bytes = 3 * 1024 * 1024;
+        let cas = self.ctx.cas.clone();
+        let pages = blocking(move || {
+            tree::tree_pages(&cas, &root, page_size, max_bytes, &req.page_token)
+        })
+        .await?;
+        let responses = pages.into_iter().map(|page| {
+            Ok(GetTreeResponse {
+                directories: page.directories,
+                next_page_token: page.next_page_token,
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+    }
+}
+
+/// Turns a batch entry's bytes into the blob's raw bytes.
+fn decompress(compressor: i32, digest: &Digest, data: bytes::Bytes) -> Result<bytes::Bytes, Error> {
+    match compressor::Value::try_from(compressor) {
+        Ok(compressor::Value::Identity) => Ok(data),
+        Ok(compressor::Value::Zstd) => zstd::bulk::decompress(&data, digest.size() as usize)
+            .map(bytes::Bytes::from)
+            .map_err(|e| Error::InvalidArgument(format!("blob {digest}: invalid zstd data: {e}"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "blob {digest}: compressor {compressor} is not supported; use IDENTITY or ZSTD"
+        ))),
+    }
+}

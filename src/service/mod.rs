@@ -1,0 +1,56 @@
+//! gRPC adapters: each file implements one service by validating the request, calling into
+//! storage (or, later, the scheduler) and building the reply. Errors are crate [`Error`]s,
+//! turned into `tonic::Status` by the one conversion in `error.rs`.
+
+pub mod action_cache;
+pub mod bytestream;
+pub mod capabilities;
+pub mod cas;
+
+use std::sync::Arc;
+
+use crate::config::{Config, InstanceConfig};
+use crate::error::Error;
+use crate::storage::{ActionCache, Cas};
+
+/// What every service needs; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub cas: Cas,
+    pub ac: ActionCache,
+}
+
+impl Context {
+    /// The configuration of a served instance, or INVALID_ARGUMENT naming the ones served.
+    pub fn instance(&self, name: &str) -> Result<&InstanceConfig, Error> {
+        self.config.instance(name).ok_or_else(|| {
+            let served: Vec<String> = self
+                .config
+                .instances
+                .iter()
+                .map(|i| format!("{:?}", i.name))
+                .collect();
+            Error::InvalidArgument(format!(
+                "unknown instance name {name:?}; this server serves: {}",
+                served.join(", ")
+            ))
+        })
+    }
+
+    /// Largest total of blob bytes in one batch call.
+    pub fn max_batch_bytes(&self) -> u64 {
+        self.config.storage.max_batch_total_size.as_u64()
+    }
+}
+
+/// Runs blocking storage work on the blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
+}

@@ -1,0 +1,38 @@
+//! Durable state: the content-addressed blob store, its in-memory index, the action cache,
+//! and the tree walks that read Directory protos out of the CAS.
+
+pub mod action_cache;
+pub mod cas;
+pub mod index;
+pub mod tree;
+
+pub use action_cache::ActionCache;
+pub use cas::{BlobWriter, Cas};
+
+use std::path::Path;
+
+use crate::error::Error;
+
+/// Creates `dir` and its parents, naming it in the error.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))
+}
+
+/// Writes `data` to `dest` through a temp file in `tmp_dir` and an atomic rename, so readers
+/// see either nothing or the whole file.
+pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], fsync: bool) -> Result<(), Error> {
+    use std::io::Write;
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
+        .map_err(|e| Error::io(format!("creating a temp file in {}", tmp_dir.display()), e))?;
+    tmp.write_all(data)
+        .map_err(|e| Error::io(format!("writing {}", tmp.path().display()), e))?;
+    if fsync {
+        tmp.as_file()
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing {}", tmp.path().display()), e))?;
+    }
+    tmp.persist(dest)
+        .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Walks over Directory trees stored in the CAS: GetTree pages, and the completeness check
+//! that keeps an action-cache entry from being served when any blob it names is gone.
+
+use std::collections::HashSet;
+
+use prost::Message;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::Error;
+use crate::proto::remote_execution::{ActionResult, Directory, Tree};
+use crate::storage::Cas;
+
+/// Reads and decodes a proto blob; `None` if the blob is absent.
+pub fn read_message<M: Message + Default>(
+    cas: &Cas,
+    digest: &Digest,
+    what: &str,
+) -> Result<Option<M>, Error> {
+    let Some(data) = cas.read(digest)? else {
+        return Ok(None);
+    };
+    M::decode(data)
+        .map(Some)
+        .map_err(|e| Error::InvalidArgument(format!("{what} {digest} is not a valid proto: {e}")))
+}
+
+/// One page of a GetTree answer.
+pub struct TreePage {
+    pub directories: Vec<Directory>,
+    /// Opaque token that resumes after this page; empty on the last page.
+    pub next_page_token: String,
+}
+
+/// The directories of the tree under `root`, breadth first, each distinct directory once,
+/// cut into pages of at most `page_size` directories and `max_bytes` encoded bytes, starting
+/// where `token` says. Missing subdirectories are left out, as the spec allows; a missing
+/// root is NOT_FOUND.
+pub fn tree_pages(
+    cas: &Cas,
+    root: &Digest,
+    page_size: usize,
+    max_bytes: usize,
+    token: &str,
+) -> Result<Vec<TreePage>, Error> {
+    let skip: usize = if token.is_empty() {
+        0
+    } else {
+        token
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("invalid page_token {token:?}")))?
+    };
+    let all = walk_tree(cas, root)?;
+    if skip > all.len() {
+        return Err(Error::InvalidArgument(format!(
+            "page_token {token:?} is past the end of the tree"
+        )));
+    }
+    let mut pages = Vec::new();
+    let mut current = TreePage {
+        directories: Vec::new(),
+        next_page_token: String::new(),
+    };
+    let mut bytes = 0usize;
+    for (position, dir) in all.into_iter().enumerate().skip(skip) {
+        let len = dir.encoded_len();
+        if !current.directories.is_empty()
+            && (current.directories.len() >= page_size || bytes + len > max_bytes)
+        {
+            current.next_page_token = position.to_string();
+            pages.push(std::mem::replace(
+                &mut current,
+                TreePage {
+                    directories: Vec::new(),
+                    next_page_token: String::new(),
+                },
+            ));
+            bytes = 0;
+        }
+        bytes += len;
+        current.directories.push(dir);
+    }
+    pages.push(current);
+    Ok(pages)
+}
+
+/// Breadth-first list of the distinct directories present under `root`.
+fn walk_tree(cas: &Cas, root: &Digest) -> Result<Vec<Directory>, Error> {
+    let function = root.function();
+    let mut seen = HashSet::from([*root]);
+    let mut queue = std::collections::VecDeque::from([*root]);
+    let mut out = Vec::new();
+    while let Some(digest) = queue.pop_front() {
+        let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
+            if digest == *root {
+                return Err(Error::NotFound(format!(
+                    "root directory {digest} is not in the CAS"
+                )));
+            }
+            continue;
+        };
+        for child in &dir.directories {
+            let child = Digest::from_required(function, child.digest.as_ref(), "subdirectory")?;
+            if seen.insert(child) {
+                queue.push_back(child);
+            }
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+/// Every blob an action result refers to that is absent from the CAS, including the files
+/// inside output directory trees. Empty means the result is safe to serve.
+pub fn missing_blobs_of_result(
+    cas: &Cas,
+    function: DigestFunction,
+    result: &ActionResult,
+) -> Result<Vec<Digest>, Error> {
+    let mut wanted = Vec::new();
+    for file in &result.output_files {
+        wanted.push(Digest::from_required(function, file.digest.as_ref(), "output file")?);
+    }
+    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
+        wanted.push(Digest::from_proto(function, d)?);
+    }
+    let mut missing = cas.find_missing(&wanted);
+    for out in &result.output_directories {
+        if let Some(tree_digest) = &out.tree_digest {
+            let tree_digest = Digest::from_proto(function, tree_digest)?;
+            match read_message::<Tree>(cas, &tree_digest, "output tree")? {
+                Some(tree) => {
+                    let files = tree
+                        .root
+                        .iter()
+                        .chain(&tree.children)
+                        .flat_map(|d| &d.files)
+                        .map(|f| Digest::from_required(function, f.digest.as_ref(), "tree file"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    missing.extend(cas.find_missing(&files));
+                }
+                None => missing.push(tree_digest),
+            }
+        }
+        if let Some(root) = &out.root_directory_digest {
+            let root = Digest::from_proto(function, root)?;
+            missing.extend(missing_in_directory_tree(cas, &root)?);
+        }
+    }
+    Ok(missing)
+}
+
+/// Blobs missing under a tree stored as separate Directory blobs.
+fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>, Error> {
+    let function = root.function();
+    let mut missing = Vec::new();
+    let mut seen = HashSet::from([*root]);
+    let mut stack = vec![*root];
+    while let Some(digest) = stack.pop() {
+        let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
+            missing.push(digest);
+            continue;
+        };
+        let files = dir
+            .files
+            .iter()
+            .map(|f| Digest::from_required(function, f.digest.as_ref(), "file"))
+            .collect::<Result<Vec<_>, _>>()?;
+        missing.extend(cas.find_missing(&files));
+        for child in &dir.directories {
+            let child = Digest::from_required(function, child.digest.as_ref(), "subdirectory")?;
+            if seen.insert(child) {
+                stack.push(child);
+            }
+        }
+    }
+    Ok(missing)
+}

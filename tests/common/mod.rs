@@ -1,0 +1,164 @@
+//! Shared harness for integration tests: a real rexd started in-process on 127.0.0.1:0 with
+//! its own temp data directory, and generated clients that talk to it.
+#![allow(dead_code)]
+
+pub mod bazel;
+
+use std::net::SocketAddr;
+
+use rexd::config::Config;
+use rexd::digest::{Digest, DigestFunction};
+use rexd::proto::bytestream::byte_stream_client::ByteStreamClient;
+use rexd::proto::remote_execution as re;
+use rexd::proto::remote_execution::action_cache_client::ActionCacheClient;
+use rexd::proto::remote_execution::capabilities_client::CapabilitiesClient;
+use rexd::proto::remote_execution::content_addressable_storage_client::ContentAddressableStorageClient;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Generous client-side message limit, so tests see the server's limits, not the client's.
+pub const CLIENT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: TempDir,
+    pub ctx: rexd::service::Context,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), rexd::Error>>>,
+}
+
+impl TestServer {
+    /// rexd with the default configuration and a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// rexd with the default configuration as changed by `edit`.
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), edit).await
+    }
+
+    /// rexd on an existing data directory (for restart tests).
+    pub async fn start_in(data_dir: TempDir, edit: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.data_dir = Some(data_dir.path().to_path_buf());
+        config.storage.fsync = false;
+        edit(&mut config);
+        let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
+            .await
+            .unwrap()
+            .expect("opening the stores");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(rexd::server::run(ctx.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            data_dir,
+            ctx,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the server, waits for it to finish, and hands back the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.take().unwrap().send(()).ok();
+        self.handle.take().unwrap().await.unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to the test server")
+    }
+
+    pub async fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MAX_MESSAGE)
+            .max_encoding_message_size(CLIENT_MAX_MESSAGE)
+    }
+
+    pub async fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MAX_MESSAGE)
+            .max_encoding_message_size(CLIENT_MAX_MESSAGE)
+    }
+
+    pub async fn action_cache(&self) -> ActionCacheClient<Channel> {
+        ActionCacheClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MAX_MESSAGE)
+            .max_encoding_message_size(CLIENT_MAX_MESSAGE)
+    }
+
+    pub async fn capabilities(&self) -> CapabilitiesClient<Channel> {
+        CapabilitiesClient::new(self.channel().await)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The SHA-256 digest of `data`, as a proto.
+pub fn digest(data: &[u8]) -> re::Digest {
+    Digest::of(DigestFunction::Sha256, data).to_proto()
+}
+
+/// `blobs/{hash}/{size}` for `data`.
+pub fn blob_path(data: &[u8]) -> String {
+    let d = digest(data);
+    format!("blobs/{}/{}", d.hash, d.size_bytes)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate and are repeatable.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Uploads blobs with BatchUpdateBlobs and asserts each succeeded.
+pub async fn upload_blobs(server: &TestServer, blobs: &[&[u8]]) {
+    let mut cas = server.cas().await;
+    let response = cas
+        .batch_update_blobs(re::BatchUpdateBlobsRequest {
+            requests: blobs
+                .iter()
+                .map(|b| re::batch_update_blobs_request::Request {
+                    digest: Some(digest(b)),
+                    data: bytes::Bytes::copy_from_slice(b),
+                    compressor: 0,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for r in response.responses {
+        assert_eq!(r.status.unwrap().code, 0, "upload of {:?} failed", r.digest);
+    }
+}
