@@ -40,6 +40,8 @@ pub struct Config {
     pub log_level: String,
     #[serde(default)]
     pub storage: StorageConfig,
+    #[serde(default)]
+    pub execution: ExecutionConfig,
     /// The instance names served; requests naming any other are rejected.
     #[serde(default = "default_instances")]
     pub instances: Vec<InstanceConfig>,
@@ -61,6 +63,68 @@ impl Default for StorageConfig {
             max_batch_total_size: ByteSize::mib(4),
             fsync: true,
         }
+    }
+}
+
+/// The in-process scheduler and its local workers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Serve the Execution API at all; off makes rexd a pure cache.
+    pub enabled: bool,
+    /// Actions run at once; 0 means one per CPU.
+    pub workers: usize,
+    /// Timeout of an action that does not set one.
+    pub default_timeout_secs: u64,
+    /// Longest timeout an action may ask for; longer ones are rejected.
+    pub max_timeout_secs: u64,
+    /// Most actions waiting for a worker; more get RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// How long a finished operation stays queryable.
+    pub operation_ttl_secs: u64,
+    /// Keep the directory of a failed action for debugging instead of removing it.
+    pub keep_failed_action_dirs: bool,
+    /// Platform properties the workers offer; an action asking for anything else is
+    /// rejected. Unset means `OSFamily = "linux"` and the host's `ISA`.
+    pub platform: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            enabled: true,
+            workers: 0,
+            default_timeout_secs: 600,
+            max_timeout_secs: 3600,
+            max_queued: 10_000,
+            operation_ttl_secs: 600,
+            keep_failed_action_dirs: false,
+            platform: None,
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// Workers in force.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The platform properties in force.
+    pub fn platform_properties(&self) -> std::collections::BTreeMap<String, String> {
+        self.platform.clone().unwrap_or_else(|| {
+            let isa = match std::env::consts::ARCH {
+                "x86_64" => "x86-64",
+                other => other,
+            };
+            [("OSFamily", "linux"), ("ISA", isa)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
     }
 }
 
@@ -151,7 +215,10 @@ impl Config {
                 return invalid(format!("instance {:?} is listed twice", inst.name));
             }
             if !inst.name.is_empty() && inst.name.split('/').any(str::is_empty) {
-                return invalid(format!("instance name {:?} has an empty segment", inst.name));
+                return invalid(format!(
+                    "instance name {:?} has an empty segment",
+                    inst.name
+                ));
             }
             if let Some(seg) = inst.name.split('/').find(|s| is_reserved_segment(s)) {
                 return invalid(format!(
@@ -159,6 +226,16 @@ impl Config {
                     inst.name
                 ));
             }
+        }
+        let exec = &self.execution;
+        if exec.default_timeout_secs == 0 || exec.default_timeout_secs > exec.max_timeout_secs {
+            return invalid(format!(
+                "execution.default_timeout_secs ({}) must be between 1 and execution.max_timeout_secs ({})",
+                exec.default_timeout_secs, exec.max_timeout_secs
+            ));
+        }
+        if exec.max_queued == 0 {
+            return invalid("execution.max_queued must be at least 1".into());
         }
         let batch = self.storage.max_batch_total_size.as_u64();
         if !(64 * 1024..=256 * 1024 * 1024).contains(&batch) {
@@ -168,7 +245,10 @@ impl Config {
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return invalid(format!("log_level {:?} is not a valid filter", self.log_level));
+            return invalid(format!(
+                "log_level {:?} is not a valid filter",
+                self.log_level
+            ));
         }
         Ok(())
     }
@@ -191,6 +271,7 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.instances, default_instances());
         assert_eq!(c.storage, StorageConfig::default());
+        assert_eq!(c.execution, ExecutionConfig::default());
         assert!(c.data_dir.is_none());
     }
 
@@ -216,7 +297,9 @@ mod tests {
     #[test]
     fn bad_instances_rejected() {
         assert!(Config::from_toml("instances = []").is_err());
-        assert!(Config::from_toml("[[instances]]\nname = \"a\"\n[[instances]]\nname = \"a\"").is_err());
+        assert!(
+            Config::from_toml("[[instances]]\nname = \"a\"\n[[instances]]\nname = \"a\"").is_err()
+        );
         assert!(Config::from_toml("[[instances]]\nname = \"x/blobs\"").is_err());
         let c = Config::from_toml("[[instances]]\nname = \"a\"\nallow_ac_updates = false").unwrap();
         assert!(!c.instance("a").unwrap().allow_ac_updates);

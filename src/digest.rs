@@ -246,8 +246,14 @@ mod tests {
 
     #[test]
     fn function_from_proto() {
-        assert_eq!(DigestFunction::from_proto(0).unwrap(), DigestFunction::Sha256);
-        assert_eq!(DigestFunction::from_proto(1).unwrap(), DigestFunction::Sha256);
+        assert_eq!(
+            DigestFunction::from_proto(0).unwrap(),
+            DigestFunction::Sha256
+        );
+        assert_eq!(
+            DigestFunction::from_proto(1).unwrap(),
+            DigestFunction::Sha256
+        );
         assert!(DigestFunction::from_proto(3).is_err());
         assert!(DigestFunction::from_proto(999).is_err());
     }

@@ -38,6 +38,8 @@ pub enum Error {
     #[error("{0}")]
     DataLoss(String),
     #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -84,6 +86,7 @@ impl Error {
             Error::Cancelled(_) => Code::Cancelled,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::DataLoss(_) => Code::DataLoss,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -1,14 +1,16 @@
 //! rexd: a standalone Remote Execution API v2 server.
 //!
-//! One tokio process serves the REAPI ContentAddressableStorage, ActionCache, Capabilities and
-//! google.bytestream ByteStream services (plus gRPC health and reflection) on one port, backed
-//! by an on-disk content-addressed store.
+//! One tokio process serves the REAPI Execution, ContentAddressableStorage, ActionCache and
+//! Capabilities services, google.bytestream ByteStream and google.longrunning Operations (plus
+//! gRPC health and reflection) on one port, backed by an on-disk content-addressed store and
+//! an in-process scheduler with local workers.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated once at start-up.
 //! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
 //! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks.
+//! - [`execution`]: action specs, the scheduler, operations and the local workers.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
 //! - [`error`]: the crate error and its single mapping onto gRPC statuses.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod execution;
 pub mod proto;
 pub mod resource;
 pub mod server;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use rexd::Config;
 
 #[derive(Parser)]
-#[command(name = "rexd", version, about = "A Remote Execution API v2 server: CAS, action cache and ByteStream on one port")]
+#[command(
+    name = "rexd",
+    version,
+    about = "A Remote Execution API v2 server: CAS, action cache and ByteStream on one port"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -79,7 +83,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.data_dir = Some(dir);
     }
     init_logging(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rexd: cannot start the async runtime: {e}");
@@ -109,7 +116,7 @@ async fn run(config: Config) -> Result<(), rexd::Error> {
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

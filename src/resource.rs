@@ -36,7 +36,15 @@ pub struct ResourceName {
 }
 
 /// Words that can never be an instance-name segment, because they start the blob part.
-const RESERVED: &[&str] = &["blobs", "uploads", "compressed-blobs", "actions", "actionResults", "operations", "capabilities"];
+const RESERVED: &[&str] = &[
+    "blobs",
+    "uploads",
+    "compressed-blobs",
+    "actions",
+    "actionResults",
+    "operations",
+    "capabilities",
+];
 
 impl ResourceName {
     pub fn parse_read(name: &str) -> Result<Self, Error> {
@@ -60,12 +68,15 @@ impl ResourceName {
 
     pub fn parse_write(name: &str) -> Result<Self, Error> {
         let segments: Vec<&str> = name.split('/').collect();
-        let start = segments.iter().position(|s| *s == "uploads").ok_or_else(|| {
-            bad(
-                name,
-                "expected `{instance}/uploads/{uuid}/blobs/{hash}/{size}`",
-            )
-        })?;
+        let start = segments
+            .iter()
+            .position(|s| *s == "uploads")
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    "expected `{instance}/uploads/{uuid}/blobs/{hash}/{size}`",
+                )
+            })?;
         let instance = instance_of(name, &segments[..start])?;
         let upload_id = match segments.get(start + 1) {
             Some(id) if !id.is_empty() && !RESERVED.contains(id) => id.to_string(),
@@ -106,7 +117,10 @@ fn parse_blob_part<'a>(
                 .get(1)
                 .ok_or_else(|| bad(name, "missing compressor after `compressed-blobs/`"))?;
             let compression = Compression::from_segment(comp).ok_or_else(|| {
-                bad(name, &format!("unsupported compressor {comp:?}; supported: zstd, identity"))
+                bad(
+                    name,
+                    &format!("unsupported compressor {comp:?}; supported: zstd, identity"),
+                )
             })?;
             (compression, &segments[2..])
         }
@@ -122,15 +136,16 @@ fn parse_blob_part<'a>(
     };
     let function = match function {
         Some(f) => f,
-        None => DigestFunction::from_hash_len(hash.len()).ok_or_else(|| {
-            bad(name, &format!("hash {hash:?} has no supported length"))
-        })?,
+        None => DigestFunction::from_hash_len(hash.len())
+            .ok_or_else(|| bad(name, &format!("hash {hash:?} has no supported length")))?,
     };
-    let size: i64 = size
-        .parse()
-        .map_err(|_| bad(name, &format!("size {size:?} is not a non-negative integer")))?;
-    let digest = Digest::parse(function, hash, size)
-        .map_err(|e| bad(name, &e.to_string()))?;
+    let size: i64 = size.parse().map_err(|_| {
+        bad(
+            name,
+            &format!("size {size:?} is not a non-negative integer"),
+        )
+    })?;
+    let digest = Digest::parse(function, hash, size).map_err(|e| bad(name, &e.to_string()))?;
     Ok((compression, digest, &rest[2..]))
 }
 
@@ -162,12 +177,12 @@ mod tests {
         assert_eq!(r.instance, "");
         assert_eq!(r.upload_id.as_deref(), Some("u1"));
 
-        let r = ResourceName::parse_write(&format!("inst/uploads/u2/blobs/{H}/0/some/meta"))
-            .unwrap();
+        let r =
+            ResourceName::parse_write(&format!("inst/uploads/u2/blobs/{H}/0/some/meta")).unwrap();
         assert_eq!(r.instance, "inst");
 
-        let r = ResourceName::parse_write(&format!("uploads/u3/compressed-blobs/zstd/{H}/0"))
-            .unwrap();
+        let r =
+            ResourceName::parse_write(&format!("uploads/u3/compressed-blobs/zstd/{H}/0")).unwrap();
         assert_eq!(r.compression, Compression::Zstd);
     }
 
@@ -186,7 +201,8 @@ mod tests {
             format!("blobs/{}/0", H.to_uppercase()),
         ] {
             assert!(
-                ResourceName::parse_read(&name).is_err() && ResourceName::parse_write(&name).is_err(),
+                ResourceName::parse_read(&name).is_err()
+                    && ResourceName::parse_write(&name).is_err(),
                 "{name} should be rejected"
             );
         }

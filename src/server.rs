@@ -8,15 +8,19 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::execution::Engine;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::longrunning::operations_server::OperationsServer;
+use crate::proto::remote_execution::execution_server::ExecutionServer;
 use crate::proto::remote_execution::{
     action_cache_server::ActionCacheServer, capabilities_server::CapabilitiesServer,
     content_addressable_storage_server::ContentAddressableStorageServer,
 };
 use crate::service::{
-    action_cache::ActionCacheService, bytestream::ByteStreamService,
-    capabilities::CapabilitiesService, cas::CasService, Context,
+    Context, action_cache::ActionCacheService, bytestream::ByteStreamService,
+    capabilities::CapabilitiesService, cas::CasService,
 };
+use crate::service::{execution::ExecutionService, operations::OperationsService};
 use crate::storage::{ActionCache, Cas};
 
 /// Per-stream HTTP/2 flow-control window: large, so one stream can fill a fast link.
@@ -35,6 +39,12 @@ const SERVED: &[&str] = &[
     "grpc.health.v1.Health",
 ];
 
+/// Served only while execution is enabled.
+const SERVED_WITH_EXECUTION: &[&str] = &[
+    "build.bazel.remote.execution.v2.Execution",
+    "google.longrunning.Operations",
+];
+
 /// Opens the stores under the configured data directory. Blocking; call before serving.
 pub fn open_context(config: Config) -> Result<Context, Error> {
     let data_dir = config.data_dir();
@@ -49,10 +59,21 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "storage opened"
     );
+    let execution = if config.execution.enabled {
+        Some(Arc::new(Engine::new(
+            &config.execution,
+            &data_dir,
+            cas.clone(),
+            ac.clone(),
+        )?))
+    } else {
+        None
+    };
     Ok(Context {
         config: Arc::new(config),
         cas,
         ac,
+        execution,
     })
 }
 
@@ -81,8 +102,14 @@ pub async fn run(
 
     // grpcurl tries reflection v1, then v1alpha; serve both.
     let reflection_error = |e| Error::Internal(format!("building the reflection service: {e}"));
-    let reflection_v1 = reflection_builder(SERVED).build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection_builder(SERVED)
+    let mut served = SERVED.to_vec();
+    if ctx.execution.is_some() {
+        served.extend_from_slice(SERVED_WITH_EXECUTION);
+    }
+    let reflection_v1 = reflection_builder(&served)
+        .build_v1()
+        .map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder(&served)
         .build_v1alpha()
         .map_err(reflection_error)?;
 
@@ -93,6 +120,20 @@ pub async fn run(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(%local_addr, "rexd serving");
 
+    let (execution, operations) = match &ctx.execution {
+        Some(engine) => {
+            engine.start();
+            health_reporter
+                .set_serving::<ExecutionServer<ExecutionService>>()
+                .await;
+            (
+                Some(ExecutionServer::new(ExecutionService::new(ctx.clone()))),
+                Some(OperationsServer::new(OperationsService::new(ctx.clone()))),
+            )
+        }
+        None => (None, None),
+    };
+
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -100,7 +141,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CapabilitiesServer::new(CapabilitiesService::new(ctx.clone())))
+        .add_service(CapabilitiesServer::new(CapabilitiesService::new(
+            ctx.clone(),
+        )))
         .add_service(
             ContentAddressableStorageServer::new(CasService::new(ctx.clone()))
                 .max_decoding_message_size(max_batch_message)
@@ -114,6 +157,8 @@ pub async fn run(
             ActionCacheServer::new(ActionCacheService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_STREAM_MESSAGE),
         )
+        .add_optional_service(execution)
+        .add_optional_service(operations)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;

@@ -35,8 +35,16 @@ async fn bazel_remote_cache_roundtrip() {
         run.assert_success();
         let s = run.summary();
         assert!(s.non_internal() > 0, "nothing was executed: {s:?}");
-        assert_eq!(s.remote_cache_hit(), 0, "fresh server cannot have hits: {s:?}");
-        assert_eq!(s.local(), s.non_internal(), "expected only local processes: {s:?}");
+        assert_eq!(
+            s.remote_cache_hit(),
+            0,
+            "fresh server cannot have hits: {s:?}"
+        );
+        assert_eq!(
+            s.local(),
+            s.non_internal(),
+            "expected only local processes: {s:?}"
+        );
         ws.assert_outputs();
 
         // 2. `bazel clean` (not --expunge: keeps the server and the fetched

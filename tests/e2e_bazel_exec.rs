@@ -35,8 +35,16 @@ async fn bazel_remote_execution() {
         let s = run.summary();
         assert!(s.remote() > 0, "nothing ran remotely: {s:?}");
         assert_eq!(s.local(), 0, "processes ran locally: {s:?}");
-        assert_eq!(s.remote_cache_hit(), 0, "fresh server cannot have hits: {s:?}");
-        assert_eq!(s.remote(), s.non_internal(), "every non-internal process must be remote: {s:?}");
+        assert_eq!(
+            s.remote_cache_hit(),
+            0,
+            "fresh server cannot have hits: {s:?}"
+        );
+        assert_eq!(
+            s.remote(),
+            s.non_internal(),
+            "every non-internal process must be remote: {s:?}"
+        );
         // Includes gen/table.txt, produced by running //cc:mktable remotely,
         // and the cc_binary itself (checks the executable bit survived).
         ws.assert_outputs();

@@ -6,11 +6,11 @@ use tonic::{Request, Response, Status};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::remote_execution::{
-    action_cache_server::ActionCache, ActionResult, GetActionResultRequest,
-    UpdateActionResultRequest,
+    ActionResult, GetActionResultRequest, UpdateActionResultRequest,
+    action_cache_server::ActionCache,
 };
-use crate::service::{blocking, Context};
-use crate::storage::{tree, Cas};
+use crate::service::{Context, blocking};
+use crate::storage::{Cas, tree};
 
 /// Most bytes of stdout, stderr and output files inlined into one GetActionResult reply.
 const MAX_INLINE_BYTES: u64 = 1024 * 1024;
@@ -89,17 +89,30 @@ impl ActionCache for ActionCacheService {
 
 /// The top-level blobs a result names (files, trees, directories, stdout and stderr), checked
 /// for validity and presence before the result is stored.
-fn referenced_digests(function: DigestFunction, result: &ActionResult) -> Result<Vec<Digest>, Error> {
+fn referenced_digests(
+    function: DigestFunction,
+    result: &ActionResult,
+) -> Result<Vec<Digest>, Error> {
     let mut out = Vec::new();
     for file in &result.output_files {
-        out.push(Digest::from_required(function, file.digest.as_ref(), "output file")?);
+        out.push(Digest::from_required(
+            function,
+            file.digest.as_ref(),
+            "output file",
+        )?);
     }
     for dir in &result.output_directories {
-        for d in [&dir.tree_digest, &dir.root_directory_digest].into_iter().flatten() {
+        for d in [&dir.tree_digest, &dir.root_directory_digest]
+            .into_iter()
+            .flatten()
+        {
             out.push(Digest::from_proto(function, d)?);
         }
     }
-    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
+    for d in [&result.stdout_digest, &result.stderr_digest]
+        .into_iter()
+        .flatten()
+    {
         out.push(Digest::from_proto(function, d)?);
     }
     Ok(out)

@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::proto::bytestream::{
-    byte_stream_server::ByteStream, QueryWriteStatusRequest, QueryWriteStatusResponse,
-    ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
+    WriteResponse, byte_stream_server::ByteStream,
 };
 use crate::resource::{Compression, ResourceName};
 use crate::service::Context;
@@ -68,7 +68,10 @@ impl Partials {
         let now = Instant::now();
         map.retain(|_, (_, since)| now.duration_since(*since) < PARTIAL_TTL);
         if map.len() >= MAX_PARTIALS
-            && let Some(oldest) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
         }
@@ -377,7 +380,10 @@ fn send_file(
 fn pump(mut reader: impl Read, tx: &mpsc::Sender<Result<ReadResponse, Status>>) -> io::Result<()> {
     loop {
         let mut buf = Vec::with_capacity(READ_CHUNK);
-        let n = reader.by_ref().take(READ_CHUNK as u64).read_to_end(&mut buf)?;
+        let n = reader
+            .by_ref()
+            .take(READ_CHUNK as u64)
+            .read_to_end(&mut buf)?;
         if n == 0 {
             return Ok(());
         }

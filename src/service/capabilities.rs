@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use crate::digest::DigestFunction;
 use crate::proto::remote_execution::{
-    self as re, capabilities_server::Capabilities, ActionCacheUpdateCapabilities, CacheCapabilities,
-    ExecutionCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+    self as re, ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
+    GetCapabilitiesRequest, ServerCapabilities, capabilities_server::Capabilities,
 };
 use crate::proto::semver::SemVer;
 use crate::service::Context;
@@ -61,9 +61,14 @@ impl Capabilities for CapabilitiesService {
         };
         let execution = ExecutionCapabilities {
             digest_function: DigestFunction::Sha256.to_proto() as i32,
-            exec_enabled: false,
+            exec_enabled: self.ctx.execution.is_some(),
             execution_priority_capabilities: None,
-            supported_node_properties: Vec::new(),
+            supported_node_properties: self
+                .ctx
+                .execution
+                .as_ref()
+                .map(|e| e.scheduler.platform().keys().cloned().collect())
+                .unwrap_or_default(),
             digest_functions,
         };
         Ok(Response::new(ServerCapabilities {

@@ -3,14 +3,14 @@
 use tonic::{Request, Response, Status};
 
 use crate::digest::{Digest, DigestFunction};
-use crate::error::{ok_status, Error};
+use crate::error::{Error, ok_status};
 use crate::proto::remote_execution::{
-    batch_read_blobs_response, batch_update_blobs_response, compressor,
-    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
-    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
-    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
+    GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
+    content_addressable_storage_server::ContentAddressableStorage,
 };
-use crate::service::{blocking, Context};
+use crate::service::{Context, blocking};
 use crate::storage::tree;
 
 /// GetTree pages hold at most this many directories unless the client asks for fewer.
@@ -152,10 +152,9 @@ impl ContentAddressableStorage for CasService {
         // Leave headroom under the 4 MiB message size most clients accept.
         let max_bytes = 3 * 1024 * 1024;
         let cas = self.ctx.cas.clone();
-        let pages = blocking(move || {
-            tree::tree_pages(&cas, &root, page_size, max_bytes, &req.page_token)
-        })
-        .await?;
+        let pages =
+            blocking(move || tree::tree_pages(&cas, &root, page_size, max_bytes, &req.page_token))
+                .await?;
         let responses = pages.into_iter().map(|page| {
             Ok(GetTreeResponse {
                 directories: page.directories,

@@ -6,11 +6,14 @@ pub mod action_cache;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
+pub mod execution;
+pub mod operations;
 
 use std::sync::Arc;
 
 use crate::config::{Config, InstanceConfig};
 use crate::error::Error;
+use crate::execution::Engine;
 use crate::storage::{ActionCache, Cas};
 
 /// What every service needs; cheap to clone.
@@ -19,6 +22,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub cas: Cas,
     pub ac: ActionCache,
+    /// The scheduler and workers; `None` when execution is disabled.
+    pub execution: Option<Arc<Engine>>,
 }
 
 impl Context {

@@ -73,6 +73,25 @@ impl ActionCache {
     }
 }
 
+/// The stored result for `digest`, but only if every blob it names is still in the CAS;
+/// a result with missing outputs is as good as no result.
+pub fn lookup_complete(
+    cas: &crate::storage::Cas,
+    ac: &ActionCache,
+    instance: &str,
+    digest: &Digest,
+) -> Result<Option<ActionResult>, Error> {
+    let Some(result) = ac.get(instance, digest)? else {
+        return Ok(None);
+    };
+    let missing = crate::storage::tree::missing_blobs_of_result(cas, digest.function(), &result)?;
+    if !missing.is_empty() {
+        tracing::debug!(%digest, missing = missing.len(), "action result incomplete; not served");
+        return Ok(None);
+    }
+    Ok(Some(result))
+}
+
 /// Escapes an instance name into one path component: `[A-Za-z0-9._-]` stay, everything else
 /// (including `/`) becomes `%XX`. The empty name is `%` alone, which no escaped name can be.
 fn instance_dir_name(instance: &str) -> String {

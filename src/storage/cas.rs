@@ -76,11 +76,17 @@ impl Cas {
         let entries = fs::read_dir(shard_dir)
             .map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
             let name = entry.file_name();
-            match name.to_str().and_then(|n| parse_blob_file_name(function, n)) {
+            match name
+                .to_str()
+                .and_then(|n| parse_blob_file_name(function, n))
+            {
                 Some(digest) => self.inner.index.insert(digest),
-                None => tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a blob"),
+                None => {
+                    tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a blob")
+                }
             }
         }
         Ok(())
@@ -178,6 +184,57 @@ impl Cas {
         })
     }
 
+    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
+    /// digest. The file is hardlinked into place (copied where a link is refused) and made
+    /// read-only; it must not change afterwards.
+    pub fn adopt_file(&self, path: &Path, function: DigestFunction) -> Result<Digest, Error> {
+        let mut file =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut hasher = function.hasher();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let digest = hasher.finish(size);
+        if self.inner.index.touch(&digest) {
+            return Ok(digest);
+        }
+        if self.inner.fsync {
+            file.sync_data()
+                .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        }
+        fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
+            .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
+        let dest = self.blob_path(&digest);
+        match fs::hard_link(path, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(_) => {
+                // Links refused (another filesystem, link limit): copy through a temp file.
+                let tmp = self
+                    .inner
+                    .tmp_dir
+                    .join(format!("adopt-{}", uuid::Uuid::new_v4()));
+                fs::copy(path, &tmp)
+                    .and_then(|_| fs::rename(&tmp, &dest))
+                    .map_err(|e| {
+                        let _ = fs::remove_file(&tmp);
+                        Error::io(format!("storing output {}", path.display()), e)
+                    })?;
+            }
+        }
+        self.inner.index.insert(digest);
+        Ok(digest)
+    }
+
     /// Removes a blob that turned out to be damaged, so it is reported missing from now on.
     pub fn discard(&self, digest: &Digest) {
         self.inner.index.remove(digest);
@@ -197,8 +254,8 @@ fn parse_blob_file_name(function: DigestFunction, name: &str) -> Option<Digest> 
 }
 
 fn clean_tmp(tmp_dir: &Path) -> Result<(), Error> {
-    let entries =
-        fs::read_dir(tmp_dir).map_err(|e| Error::io(format!("listing {}", tmp_dir.display()), e))?;
+    let entries = fs::read_dir(tmp_dir)
+        .map_err(|e| Error::io(format!("listing {}", tmp_dir.display()), e))?;
     let mut removed = 0usize;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -209,7 +266,9 @@ fn clean_tmp(tmp_dir: &Path) -> Result<(), Error> {
         };
         match result {
             Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file")
+            }
         }
     }
     if removed > 0 {
@@ -313,7 +372,10 @@ mod tests {
         assert!(!cas.contains(&d));
         cas.put(&d, b"hello").unwrap();
         assert_eq!(cas.read(&d).unwrap().unwrap(), Bytes::from_static(b"hello"));
-        let mode = fs::metadata(cas.blob_path(&d)).unwrap().permissions().mode();
+        let mode = fs::metadata(cas.blob_path(&d))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, BLOB_MODE);
 
         // A leftover upload and a complete blob; reopening keeps one and drops the other.
@@ -330,7 +392,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cas = Cas::open(dir.path(), false).unwrap();
         let d = sha(b"hello");
-        assert!(matches!(cas.put(&d, b"hellO"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            cas.put(&d, b"hellO"),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(!cas.contains(&d));
     }
 

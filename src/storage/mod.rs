@@ -21,7 +21,12 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
 
 /// Writes `data` to `dest` through a temp file in `tmp_dir` and an atomic rename, so readers
 /// see either nothing or the whole file.
-pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], fsync: bool) -> Result<(), Error> {
+pub(crate) fn write_atomic(
+    tmp_dir: &Path,
+    dest: &Path,
+    data: &[u8],
+    fsync: bool,
+) -> Result<(), Error> {
     use std::io::Write;
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
         .map_err(|e| Error::io(format!("creating a temp file in {}", tmp_dir.display()), e))?;

@@ -118,9 +118,16 @@ pub fn missing_blobs_of_result(
 ) -> Result<Vec<Digest>, Error> {
     let mut wanted = Vec::new();
     for file in &result.output_files {
-        wanted.push(Digest::from_required(function, file.digest.as_ref(), "output file")?);
+        wanted.push(Digest::from_required(
+            function,
+            file.digest.as_ref(),
+            "output file",
+        )?);
     }
-    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
+    for d in [&result.stdout_digest, &result.stderr_digest]
+        .into_iter()
+        .flatten()
+    {
         wanted.push(Digest::from_proto(function, d)?);
     }
     let mut missing = cas.find_missing(&wanted);

@@ -124,7 +124,9 @@ pub fn bazel_or_skip() -> bool {
         return true;
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{BAZEL} not found and CI is set: install it with `apt-get install -y bazel-bootstrap`");
+        panic!(
+            "{BAZEL} not found and CI is set: install it with `apt-get install -y bazel-bootstrap`"
+        );
     }
     eprintln!();
     eprintln!("==============================================================");
@@ -150,7 +152,10 @@ impl Workspace {
         copy_tree(Path::new(FIXTURE_DIR), dir.path())
             .unwrap_or_else(|e| panic!("copy {FIXTURE_DIR} to {}: {e}", dir.path().display()));
         fs::create_dir_all(OUTPUT_USER_ROOT).expect("create bazel output_user_root");
-        Workspace { dir, used: std::cell::Cell::new(false) }
+        Workspace {
+            dir,
+            used: std::cell::Cell::new(false),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -182,7 +187,10 @@ impl Workspace {
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", tool.display()));
         assert!(out.status.success(), "{} failed: {:?}", tool.display(), out);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "1 2\n2 5\n3 10\n4 17\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "1 2\n2 5\n3 10\n4 17\n"
+        );
     }
 
     /// Asserts that `bazel clean` removed the outputs.
@@ -208,7 +216,11 @@ impl Drop for Workspace {
         // `clean --expunge` deletes this workspace's output base (so the
         // shared output_user_root does not grow with every test) and stops
         // the server. Fall back to a plain shutdown.
-        let expunged = run(self, &["clean", "--expunge", "--color=no", "--curses=no"], false);
+        let expunged = run(
+            self,
+            &["clean", "--expunge", "--color=no", "--curses=no"],
+            false,
+        );
         if !expunged.success() {
             shutdown(self);
         }
@@ -422,7 +434,13 @@ fn run(ws: &Workspace, args: &[&str], log: bool) -> BazelRun {
             output
         );
     }
-    BazelRun { args: args.iter().map(|s| s.to_string()).collect(), status, timed_out, output, elapsed }
+    BazelRun {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        status,
+        timed_out,
+        output,
+        elapsed,
+    }
 }
 
 #[cfg(test)]
@@ -432,7 +450,8 @@ mod tests {
     // Lines as printed by Bazel 4.2.3 (Debian bazel-bootstrap).
     #[test]
     fn parses_local_build_summary() {
-        let s = ProcessSummary::parse("INFO: 24 processes: 12 internal, 12 linux-sandbox.").unwrap();
+        let s =
+            ProcessSummary::parse("INFO: 24 processes: 12 internal, 12 linux-sandbox.").unwrap();
         assert_eq!(s.total, 24);
         assert_eq!(s.internal(), 12);
         assert_eq!(s.count("linux-sandbox"), 12);
@@ -455,8 +474,12 @@ mod tests {
 
     #[test]
     fn parses_remote_kinds() {
-        let s = ProcessSummary::parse("INFO: 24 processes: 12 remote cache hit, 12 internal.").unwrap();
-        assert_eq!((s.total, s.remote_cache_hit(), s.internal(), s.local()), (24, 12, 12, 0));
+        let s =
+            ProcessSummary::parse("INFO: 24 processes: 12 remote cache hit, 12 internal.").unwrap();
+        assert_eq!(
+            (s.total, s.remote_cache_hit(), s.internal(), s.local()),
+            (24, 12, 12, 0)
+        );
         let s = ProcessSummary::parse("INFO: 24 processes: 12 internal, 12 remote.").unwrap();
         assert_eq!((s.remote(), s.internal(), s.local()), (12, 12, 0));
         let s = ProcessSummary::parse(
@@ -469,9 +492,18 @@ mod tests {
 
     #[test]
     fn ignores_other_lines_and_finds_last_summary() {
-        assert_eq!(ProcessSummary::parse("INFO: Elapsed time: 4.933s, Critical Path: 0.43s"), None);
-        assert_eq!(ProcessSummary::parse("INFO: Build completed successfully, 24 total actions"), None);
-        assert_eq!(ProcessSummary::parse("INFO: Found 6 targets and 1 test target..."), None);
+        assert_eq!(
+            ProcessSummary::parse("INFO: Elapsed time: 4.933s, Critical Path: 0.43s"),
+            None
+        );
+        assert_eq!(
+            ProcessSummary::parse("INFO: Build completed successfully, 24 total actions"),
+            None
+        );
+        assert_eq!(
+            ProcessSummary::parse("INFO: Found 6 targets and 1 test target..."),
+            None
+        );
         assert_eq!(ProcessSummary::parse("Loading: 0 packages loaded"), None);
         let run = BazelRun {
             args: vec![],

@@ -162,3 +162,83 @@ pub async fn upload_blobs(server: &TestServer, blobs: &[&[u8]]) {
         assert_eq!(r.status.unwrap().code, 0, "upload of {:?} failed", r.digest);
     }
 }
+
+/// Asserts that `result` is an error with `code` whose message contains every one of
+/// `needles`, so each test also checks that the server says something useful. Returns the
+/// status for further checks.
+#[track_caller]
+pub fn expect_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) -> tonic::Status {
+    let status = match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(
+        status.code(),
+        code,
+        "wrong code; message: {:?}",
+        status.message()
+    );
+    assert_message(status.message(), needles);
+    status
+}
+
+/// Like [`expect_status`], for the `google.rpc.Status` carried inside batch responses.
+#[track_caller]
+pub fn expect_rpc_status(
+    status: Option<&rexd::proto::rpc::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) {
+    let status = status.expect("a per-item status");
+    assert_eq!(
+        status.code, code as i32,
+        "wrong per-item code (want {code:?}); message: {:?}",
+        status.message
+    );
+    assert_message(&status.message, needles);
+}
+
+#[track_caller]
+fn assert_message(message: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "the message should mention {needle:?}, but it is {message:?}"
+        );
+    }
+}
+
+/// A fresh ByteStream upload resource name for `data`: `uploads/{uuid}/blobs/{hash}/{size}`.
+pub fn upload_path(data: &[u8]) -> String {
+    format!("uploads/{}/{}", uuid::Uuid::new_v4(), blob_path(data))
+}
+
+/// Where rexd keeps the blob `data` under the data directory `dir`, so tests can make a blob
+/// disappear between a `stop()` and a `start_in()`.
+pub fn blob_file(dir: &std::path::Path, data: &[u8]) -> std::path::PathBuf {
+    let d = digest(data);
+    dir.join("cas")
+        .join("sha256")
+        .join(&d.hash[..2])
+        .join(format!("{}-{}", d.hash, d.size_bytes))
+}
+
+/// Whether the CAS reports `data` as present, through FindMissingBlobs.
+pub async fn is_stored(server: &TestServer, data: &[u8]) -> bool {
+    let missing = server
+        .cas()
+        .await
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            blob_digests: vec![digest(data)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    missing.is_empty()
+}

@@ -1,0 +1,82 @@
+//! Remote execution: validated action specs, the scheduler queue, the operations registry
+//! and the local workers that stage, run and collect actions.
+
+pub mod operations;
+pub mod outputs;
+pub mod runner;
+pub mod scheduler;
+pub mod spec;
+pub mod stage;
+pub mod worker;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ExecutionConfig;
+use crate::error::Error;
+use crate::storage::{ActionCache, Cas};
+
+pub use operations::{OperationState, Operations, Progress};
+pub use scheduler::Scheduler;
+pub use spec::{ActionSpec, SpecLimits};
+
+/// The execution side of the server: queue, operations and worker settings.
+pub struct Engine {
+    pub scheduler: Arc<Scheduler>,
+    pub limits: SpecLimits,
+    workers: worker::WorkerContext,
+    worker_count: usize,
+}
+
+impl Engine {
+    /// Prepares the engine (blocking: creates directories). Workers start with [`Engine::start`].
+    pub fn new(
+        config: &ExecutionConfig,
+        data_dir: &Path,
+        cas: Cas,
+        ac: ActionCache,
+    ) -> Result<Self, Error> {
+        let operations = Operations::new(Duration::from_secs(config.operation_ttl_secs));
+        let scheduler = Arc::new(Scheduler::new(
+            operations,
+            config.platform_properties(),
+            config.max_queued,
+        ));
+        let work_dir = data_dir.join("work");
+        if work_dir.exists() {
+            // Directories of actions that were running when the server stopped.
+            std::fs::remove_dir_all(&work_dir)
+                .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
+        }
+        crate::storage::ensure_dir(&work_dir)?;
+        let exec_cache = Arc::new(stage::ExecutableCache::open(data_dir)?);
+        Ok(Engine {
+            limits: SpecLimits {
+                default_timeout: Duration::from_secs(config.default_timeout_secs),
+                max_timeout: Duration::from_secs(config.max_timeout_secs),
+            },
+            workers: worker::WorkerContext {
+                cas,
+                ac,
+                scheduler: scheduler.clone(),
+                exec_cache,
+                work_dir,
+                keep_failed_action_dirs: config.keep_failed_action_dirs,
+            },
+            worker_count: config.worker_count(),
+            scheduler,
+        })
+    }
+
+    pub fn operations(&self) -> &Operations {
+        self.scheduler.operations()
+    }
+
+    /// Spawns the workers and the expiry of finished operations on the current runtime.
+    pub fn start(&self) {
+        worker::spawn_workers(self.workers.clone(), self.worker_count);
+        self.operations().spawn_expiry();
+        tracing::info!(workers = self.worker_count, platform = ?self.scheduler.platform(), "execution enabled");
+    }
+}

@@ -1,0 +1,225 @@
+//! The action queue: priority order (lower `ExecutionPolicy.priority` first, FIFO within a
+//! priority), merging of identical in-flight actions, platform matching and a bounded length.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::execution::operations::{OperationState, Operations};
+use crate::execution::spec::ActionSpec;
+use crate::proto::remote_execution::RequestMetadata;
+
+/// A scheduled action and the operation that reports on it.
+pub struct Job {
+    pub spec: ActionSpec,
+    pub op: Arc<OperationState>,
+    pub queued_at: SystemTime,
+}
+
+struct Queued {
+    priority: i32,
+    seq: u64,
+    job: Arc<Job>,
+}
+
+impl Ord for Queued {
+    /// BinaryHeap pops the greatest: the lowest priority value, then the oldest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .priority
+            .cmp(&self.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+    }
+}
+
+impl Eq for Queued {}
+
+#[derive(Default)]
+struct State {
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    /// Cacheable actions queued or running, by (instance, action digest), for merging.
+    in_flight: HashMap<(String, Digest), Arc<OperationState>>,
+    running: usize,
+}
+
+/// Hands queued actions to workers.
+pub struct Scheduler {
+    // A std Mutex: queue operations only, never held across an await.
+    state: Mutex<State>,
+    available: Notify,
+    max_queued: usize,
+    platform: BTreeMap<String, String>,
+    operations: Operations,
+}
+
+impl Scheduler {
+    pub fn new(
+        operations: Operations,
+        platform: BTreeMap<String, String>,
+        max_queued: usize,
+    ) -> Self {
+        Scheduler {
+            state: Mutex::default(),
+            available: Notify::new(),
+            max_queued,
+            platform,
+            operations,
+        }
+    }
+
+    pub fn operations(&self) -> &Operations {
+        &self.operations
+    }
+
+    /// The platform properties the workers offer.
+    pub fn platform(&self) -> &BTreeMap<String, String> {
+        &self.platform
+    }
+
+    /// Queues an action, or joins the identical one already queued or running.
+    pub fn submit(
+        &self,
+        spec: ActionSpec,
+        priority: i32,
+        request_metadata: Option<RequestMetadata>,
+    ) -> Result<Arc<OperationState>, Error> {
+        self.check_platform(&spec.platform)?;
+        let key = (spec.instance.clone(), spec.action_digest);
+        let mut state = self.state.lock().unwrap();
+        if spec.cacheable()
+            && let Some(op) = state.in_flight.get(&key)
+            && !op.is_done()
+        {
+            tracing::info!(operation = %op.name, action = %spec.action_digest, "merged with an identical in-flight action");
+            return Ok(op.clone());
+        }
+        if state.queue.len() >= self.max_queued {
+            return Err(Error::ResourceExhausted(format!(
+                "the execution queue is full ({} actions waiting); retry later",
+                state.queue.len()
+            )));
+        }
+        let op = self
+            .operations
+            .create(&spec.instance, spec.action_digest, request_metadata);
+        if spec.cacheable() {
+            state.in_flight.insert(key, op.clone());
+        }
+        tracing::info!(operation = %op.name, action = %spec.action_digest, priority, "queued");
+        state.seq += 1;
+        let seq = state.seq;
+        state.queue.push(Queued {
+            priority,
+            seq,
+            job: Arc::new(Job {
+                spec,
+                op: op.clone(),
+                queued_at: SystemTime::now(),
+            }),
+        });
+        drop(state);
+        self.available.notify_one();
+        Ok(op)
+    }
+
+    fn check_platform(&self, wanted: &BTreeMap<String, String>) -> Result<(), Error> {
+        for (name, value) in wanted {
+            match self.platform.get(name) {
+                Some(offered) if offered == value => {}
+                Some(offered) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "no worker offers platform property {name}={value:?} (workers offer {name}={offered:?})"
+                    )));
+                }
+                None => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "no worker offers platform property {name:?}; offered: {}",
+                        self.platform.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next action to run.
+    pub async fn next(&self) -> Arc<Job> {
+        loop {
+            let notified = self.available.notified();
+            {
+                let mut state = self.state.lock().unwrap();
+                if let Some(queued) = state.queue.pop() {
+                    state.running += 1;
+                    let more = !state.queue.is_empty();
+                    drop(state);
+                    if more {
+                        self.available.notify_one();
+                    }
+                    return queued.job;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Called by a worker when it is done with a job, whatever the outcome.
+    pub fn finished(&self, job: &Job) {
+        let mut state = self.state.lock().unwrap();
+        state.running -= 1;
+        let key = (job.spec.instance.clone(), job.spec.action_digest);
+        if state
+            .in_flight
+            .get(&key)
+            .is_some_and(|op| Arc::ptr_eq(op, &job.op))
+        {
+            state.in_flight.remove(&key);
+        }
+    }
+
+    /// Removes a queued operation; `true` if it was still waiting (and is now gone).
+    pub fn dequeue(&self, op: &Arc<OperationState>) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let before = state.queue.len();
+        state.queue.retain(|q| !Arc::ptr_eq(&q.job.op, op));
+        let removed = state.queue.len() != before;
+        if removed {
+            let key = (op.instance.clone(), op.action_digest);
+            if state
+                .in_flight
+                .get(&key)
+                .is_some_and(|o| Arc::ptr_eq(o, op))
+            {
+                state.in_flight.remove(&key);
+            }
+        }
+        removed
+    }
+
+    /// Actions waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.state.lock().unwrap().queue.len()
+    }
+
+    /// Actions being run by a worker.
+    pub fn running(&self) -> usize {
+        self.state.lock().unwrap().running
+    }
+}

@@ -1,0 +1,160 @@
+//! Input staging: materialises an action's input tree in a fresh directory by hardlinking
+//! files out of the CAS (copying where a link is refused), and creates the parents of its
+//! declared outputs.
+
+use std::collections::HashMap;
+use std::fs::{self, Permissions};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::proto::remote_execution::{Command, Directory};
+use crate::storage::Cas;
+
+/// Where executable variants of CAS blobs live: a hardlink shares its inode's mode, so a blob
+/// staged both with and without the executable bit needs a second, executable copy.
+pub struct ExecutableCache {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+impl ExecutableCache {
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        let dir = data_dir.join("cas-exec");
+        crate::storage::ensure_dir(&dir)?;
+        Ok(ExecutableCache {
+            dir,
+            tmp_dir: data_dir.join("tmp"),
+        })
+    }
+
+    /// Path of a read-only, executable copy of a stored blob, made on first use.
+    fn path(&self, cas: &Cas, digest: &Digest) -> Result<PathBuf, Error> {
+        let path = self.dir.join(format!(
+            "{}-{}-{}",
+            digest.function().name(),
+            digest.hash_hex(),
+            digest.size()
+        ));
+        if path.exists() {
+            return Ok(path);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("exec-")
+            .tempfile_in(&self.tmp_dir)
+            .map_err(|e| Error::io("creating a temp file", e))?;
+        fs::copy(cas.blob_path(digest), tmp.path())
+            .map_err(|e| Error::io(format!("copying blob {digest}"), e))?;
+        fs::set_permissions(tmp.path(), Permissions::from_mode(0o555))
+            .map_err(|e| Error::io("setting permissions", e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io(format!("storing executable copy of {digest}"), e.error))?;
+        Ok(path)
+    }
+}
+
+/// Counts of what staging did, for logs and benchmarks.
+#[derive(Default, Debug)]
+pub struct StageStats {
+    pub files: usize,
+    pub copies: usize,
+    pub directories: usize,
+}
+
+/// Materialises the tree under `root` (already validated and loaded) into `dest`, which
+/// must exist and be empty.
+pub fn stage_tree(
+    cas: &Cas,
+    exec_cache: &ExecutableCache,
+    directories: &HashMap<Digest, Directory>,
+    root: &Digest,
+    dest: &Path,
+) -> Result<StageStats, Error> {
+    let mut stats = StageStats::default();
+    let mut stack = vec![(*root, dest.to_path_buf())];
+    while let Some((digest, path)) = stack.pop() {
+        let dir = directories
+            .get(&digest)
+            .ok_or_else(|| Error::Internal(format!("directory {digest} was not loaded")))?;
+        stats.directories += 1;
+        for file in &dir.files {
+            let file_digest =
+                Digest::from_required(digest.function(), file.digest.as_ref(), "file")?;
+            let src = if file.is_executable {
+                exec_cache.path(cas, &file_digest)?
+            } else {
+                cas.blob_path(&file_digest)
+            };
+            if link_or_copy(&src, &path.join(&file.name))? {
+                stats.copies += 1;
+            }
+            stats.files += 1;
+        }
+        for link in &dir.symlinks {
+            let at = path.join(&link.name);
+            std::os::unix::fs::symlink(&link.target, &at)
+                .map_err(|e| Error::io(format!("creating symlink {}", at.display()), e))?;
+        }
+        for sub in &dir.directories {
+            let sub_digest =
+                Digest::from_required(digest.function(), sub.digest.as_ref(), "directory")?;
+            let at = path.join(&sub.name);
+            fs::create_dir(&at).map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
+            stack.push((sub_digest, at));
+        }
+    }
+    Ok(stats)
+}
+
+/// Hardlinks `src` to `dst`, copying when the filesystem refuses the link (too many links,
+/// another device, no permission). Returns whether it copied.
+fn link_or_copy(src: &Path, dst: &Path) -> Result<bool, Error> {
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok(false),
+        Err(e) if link_refused(&e) => {
+            fs::copy(src, dst)
+                .map_err(|e| Error::io(format!("copying to {}", dst.display()), e))?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::io(format!("linking {}", dst.display()), e)),
+    }
+}
+
+fn link_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == nix::libc::EMLINK || code == nix::libc::EXDEV || code == nix::libc::EPERM
+    )
+}
+
+/// Creates the parent directories of every declared output, relative to the working
+/// directory, as the spec asks of workers.
+pub fn create_output_parents(exec_root: &Path, command: &Command) -> Result<(), Error> {
+    #[allow(deprecated)]
+    let outputs = command
+        .output_files
+        .iter()
+        .chain(&command.output_directories)
+        .chain(&command.output_paths);
+    let workdir = exec_root.join(&command.working_directory);
+    fs::create_dir_all(&workdir)
+        .map_err(|e| Error::io(format!("creating {}", workdir.display()), e))?;
+    for output in outputs {
+        let Some(rel) =
+            crate::execution::spec::resolve_relative(&command.working_directory, output)
+        else {
+            continue;
+        };
+        if let Some(parent) = Path::new(&rel)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            let at = exec_root.join(parent);
+            fs::create_dir_all(&at)
+                .map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Local workers: each takes the next job from the scheduler and runs it through the phases
+//! prepare (stage inputs), execute, upload (collect outputs, write the action cache) and
+//! clean up, then completes the operation for every waiter.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::Error;
+use crate::execution::operations::OperationState;
+use crate::execution::outputs;
+use crate::execution::runner::{self, RunEnd};
+use crate::execution::scheduler::{Job, Scheduler};
+use crate::execution::stage::{self, ExecutableCache};
+use crate::proto::remote_execution::{ActionResult, ExecuteResponse, ExecutedActionMetadata};
+use crate::service::blocking;
+use crate::storage::{ActionCache, Cas};
+
+/// What workers share.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub cas: Cas,
+    pub ac: ActionCache,
+    pub scheduler: Arc<Scheduler>,
+    pub exec_cache: Arc<ExecutableCache>,
+    /// Parent of the per-action directories.
+    pub work_dir: PathBuf,
+    pub keep_failed_action_dirs: bool,
+}
+
+/// Starts `count` workers; they run until the runtime shuts down.
+pub fn spawn_workers(ctx: WorkerContext, count: usize) {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    for n in 0..count {
+        let ctx = ctx.clone();
+        let name = format!("{host}/rexd-worker-{n}");
+        tokio::spawn(async move {
+            loop {
+                let job = ctx.scheduler.next().await;
+                run_job(&ctx, &name, &job).await;
+                ctx.scheduler.finished(&job);
+            }
+        });
+    }
+}
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(SystemTime::now().into())
+}
+
+async fn run_job(ctx: &WorkerContext, worker: &str, job: &Job) {
+    let op = &job.op;
+    if op.is_done() {
+        return; // Cancelled while queued.
+    }
+    op.set_executing();
+    tracing::info!(operation = %op.name, action = %job.spec.action_digest, worker, "executing");
+    let dir = ctx.work_dir.join(uuid::Uuid::new_v4().to_string());
+    let mut metadata = ExecutedActionMetadata {
+        worker: worker.to_string(),
+        queued_timestamp: Some(job.queued_at.into()),
+        worker_start_timestamp: now(),
+        ..Default::default()
+    };
+    let outcome = execute(ctx, job, &dir, &mut metadata).await;
+    metadata.worker_completed_timestamp = now();
+    let (mut result, status) = match outcome {
+        Ok((result, status)) => (result, status),
+        Err(e) => (ActionResult::default(), Some(e)),
+    };
+    let failed = status.is_some() || result.exit_code != 0;
+    result.execution_metadata = Some(metadata);
+    let digest = job.spec.action_digest;
+    if !failed && job.spec.cacheable() {
+        let ac = ctx.ac.clone();
+        let instance = job.spec.instance.clone();
+        let stored = result.clone();
+        if let Err(e) = blocking(move || ac.put(&instance, &digest, &stored)).await {
+            tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
+        }
+    }
+    tracing::info!(
+        operation = %op.name,
+        action = %digest,
+        exit_code = result.exit_code,
+        status = status.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
+        "completed"
+    );
+    complete(op, result, status);
+    if !(failed && ctx.keep_failed_action_dirs) {
+        let _ = blocking(move || {
+            remove_action_dir(&dir);
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Completes `op` with a fresh (not cached) result.
+fn complete(op: &OperationState, result: ActionResult, status: Option<Error>) {
+    op.complete(ExecuteResponse {
+        result: Some(result),
+        cached_result: false,
+        status: Some(status.map(|e| e.to_rpc_status()).unwrap_or_default()),
+        server_logs: Default::default(),
+        message: String::new(),
+    });
+}
+
+/// The phases of one action. Errors that stop the action before it produced a result come
+/// back as `Err`; a result with an error status (timeout, cancel) comes back as `Ok`.
+async fn execute(
+    ctx: &WorkerContext,
+    job: &Job,
+    dir: &std::path::Path,
+    metadata: &mut ExecutedActionMetadata,
+) -> Result<(ActionResult, Option<Error>), Error> {
+    let spec = &job.spec;
+    let exec_root = dir.join("root");
+
+    // Prepare.
+    metadata.input_fetch_start_timestamp = now();
+    let (stdout, stderr) = {
+        let cas = ctx.cas.clone();
+        let exec_cache = ctx.exec_cache.clone();
+        let exec_root = exec_root.clone();
+        let dir = dir.to_path_buf();
+        let directories = spec.directories.clone();
+        let root = spec.input_root;
+        let command = spec.command.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&exec_root)
+                .map_err(|e| Error::io(format!("creating {}", exec_root.display()), e))?;
+            let stats = stage::stage_tree(&cas, &exec_cache, &directories, &root, &exec_root)?;
+            tracing::debug!(?stats, "staged inputs");
+            stage::create_output_parents(&exec_root, &command)?;
+            let stdout = std::fs::File::create(dir.join("stdout"))
+                .map_err(|e| Error::io("creating the stdout file", e))?;
+            let stderr = std::fs::File::create(dir.join("stderr"))
+                .map_err(|e| Error::io("creating the stderr file", e))?;
+            Ok((stdout, stderr))
+        })
+        .await?
+    };
+    metadata.input_fetch_completed_timestamp = now();
+
+    // Execute.
+    metadata.execution_start_timestamp = now();
+    let end = runner::run(
+        &spec.command,
+        &exec_root,
+        stdout,
+        stderr,
+        spec.timeout,
+        &job.op.cancel,
+    )
+    .await;
+    metadata.execution_completed_timestamp = now();
+    let collect_outputs = matches!(end, Ok(RunEnd::Exited(_)));
+    let (exit_code, status) = match end {
+        Ok(RunEnd::Exited(code)) => (code, None),
+        Ok(RunEnd::TimedOut) => (
+            -1,
+            Some(Error::DeadlineExceeded(format!(
+                "action timed out after {}s; its processes were killed",
+                spec.timeout.as_secs_f64()
+            ))),
+        ),
+        Ok(RunEnd::Cancelled) => (
+            -1,
+            Some(Error::Cancelled("the operation was cancelled".into())),
+        ),
+        Err(e) => (-1, Some(e)),
+    };
+
+    // Upload. Outputs are collected only from a command that ran; stdout and stderr always.
+    metadata.output_upload_start_timestamp = now();
+    let cas = ctx.cas.clone();
+    let command = spec.command.clone();
+    let function = spec.action_digest.function();
+    let dir = dir.to_path_buf();
+    let result = blocking(move || {
+        let mut result = ActionResult {
+            exit_code,
+            ..Default::default()
+        };
+        result.stdout_digest = Some(cas.adopt_file(&dir.join("stdout"), function)?.to_proto());
+        result.stderr_digest = Some(cas.adopt_file(&dir.join("stderr"), function)?.to_proto());
+        if collect_outputs {
+            outputs::collect(&cas, function, &dir.join("root"), &command, &mut result)?;
+        }
+        Ok(result)
+    })
+    .await;
+    metadata.output_upload_completed_timestamp = now();
+    let result = result?;
+    Ok((result, status))
+}
+
+fn remove_action_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an action directory");
+        }
+    }
+}

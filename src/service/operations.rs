@@ -1,0 +1,156 @@
+//! google.longrunning.Operations over the execution engine's operations: get, list (per
+//! instance, paged), cancel, delete and wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::execution::{Engine, OperationState};
+use crate::proto::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    ListOperationsResponse, Operation, WaitOperationRequest, operations_server::Operations,
+};
+use crate::proto::remote_execution::ExecuteResponse;
+use crate::service::Context;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// WaitOperation without a timeout waits at most this long.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+pub struct OperationsService {
+    ctx: Context,
+}
+
+impl OperationsService {
+    pub fn new(ctx: Context) -> Self {
+        OperationsService { ctx }
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.ctx.execution.as_ref().ok_or_else(|| {
+            Error::Unimplemented("remote execution is disabled on this server".into())
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<OperationState>, Error> {
+        self.engine()?
+            .operations()
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))
+    }
+}
+
+/// Cancels `op`: a queued action is dropped from the queue, a running one is killed by its
+/// worker; either way every waiter sees CANCELLED.
+pub fn cancel(engine: &Engine, op: &Arc<OperationState>, reason: &str) {
+    if op.is_done() {
+        return;
+    }
+    let dequeued = engine.scheduler.dequeue(op);
+    op.cancel.cancel();
+    if dequeued {
+        op.complete(ExecuteResponse {
+            status: Some(Error::Cancelled(reason.to_string()).to_rpc_status()),
+            ..Default::default()
+        });
+    }
+    tracing::info!(operation = %op.name, action = %op.action_digest, dequeued, "cancelled");
+}
+
+#[tonic::async_trait]
+impl Operations for OperationsService {
+    async fn list_operations(
+        &self,
+        request: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        let req = request.into_inner();
+        if !req.filter.is_empty() {
+            return Err(Error::InvalidArgument(
+                "filter is not supported; select an instance with name = \"{instance}/operations\""
+                    .into(),
+            )
+            .into());
+        }
+        let instance = match req.name.as_str() {
+            "" | "operations" => "",
+            name => name.strip_suffix("/operations").unwrap_or(name),
+        };
+        self.ctx.instance(instance)?;
+        if req.page_size < 0 {
+            return Err(Error::InvalidArgument("page_size must not be negative".into()).into());
+        }
+        let page_size = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let all = self.engine()?.operations().list(instance);
+        let start = all.partition_point(|op| req.page_token.as_str() >= op.name.as_str());
+        let page: Vec<Operation> = all[start..]
+            .iter()
+            .take(page_size)
+            .map(|op| op.to_proto())
+            .collect();
+        let next_page_token = if start + page.len() < all.len() {
+            page.last().map(|op| op.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListOperationsResponse {
+            operations: page,
+            next_page_token,
+            ..Default::default()
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Ok(Response::new(
+            self.find(&request.get_ref().name)?.to_proto(),
+        ))
+    }
+
+    async fn delete_operation(
+        &self,
+        request: Request<DeleteOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let name = &request.get_ref().name;
+        self.engine()?
+            .operations()
+            .remove(name)
+            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        Ok(Response::new(()))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let op = self.find(&request.get_ref().name)?;
+        cancel(self.engine()?, &op, "cancelled by CancelOperation");
+        Ok(Response::new(()))
+    }
+
+    async fn wait_operation(
+        &self,
+        request: Request<WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let req = request.into_inner();
+        let op = self.find(&req.name)?;
+        let timeout = req
+            .timeout
+            .and_then(|t| Duration::try_from(t).ok())
+            .unwrap_or(DEFAULT_WAIT);
+        let mut rx = op.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|p| matches!(p, crate::execution::Progress::Completed(_))),
+        )
+        .await;
+        Ok(Response::new(op.to_proto()))
+    }
+}
