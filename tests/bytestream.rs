@@ -117,7 +117,7 @@ async fn query(server: &TestServer, name: &str) -> Result<(i64, bool), Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_then_read_multi_mib_blob() {
     let server = TestServer::start().await;
-    let data = pseudo_random(5 * MIB + 12_345, 42);
+    let data = pseudo_random(3 * MIB + 12_345, 42);
     let response = write(
         &server,
         write_requests(&upload_path(&data), &data, 0, 300_000, true),
@@ -144,7 +144,7 @@ async fn write_then_read_multi_mib_blob() {
 async fn two_mib_messages_are_accepted() {
     // BuildStream (buildbox-casd) writes in 2 MiB messages.
     let server = TestServer::start().await;
-    let data = pseudo_random(6 * MIB + 7, 3);
+    let data = pseudo_random(4 * MIB + 7, 3);
     let response = write(
         &server,
         write_requests(&upload_path(&data), &data, 0, 2 * MIB, true),
@@ -404,7 +404,7 @@ async fn writes_that_do_not_match_the_digest_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_write_resumes_from_committed_size() {
     let server = TestServer::start().await;
-    let data = pseudo_random(3 * MIB + 17, 21);
+    let data = pseudo_random(2 * MIB + 17, 21);
     let half = data.len() / 2;
     let name = upload_path(&data);
 
@@ -517,7 +517,7 @@ async fn write_of_a_stored_blob_returns_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_of_one_blob_both_succeed() {
     let server = TestServer::start().await;
-    let data = pseudo_random(3 * MIB, 51);
+    let data = pseudo_random(MIB + 3, 51);
     let (a, b) = tokio::join!(
         write(
             &server,

@@ -149,7 +149,7 @@ fn inline_outputs(
         }
     }
     for file in &mut result.output_files {
-        if file.contents.is_empty() && req.inline_output_files.iter().any(|p| *p == file.path) {
+        if file.contents.is_empty() && req.inline_output_files.contains(&file.path) {
             if let Some(data) = take(&file.digest)? {
                 file.contents = data;
             }

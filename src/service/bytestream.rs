@@ -250,7 +250,7 @@ impl ByteStream for ByteStreamService {
             })),
             Outcome::Unfinished(writer) => {
                 if let Some(writer) = writer {
-                    self.partials.keep(key, writer);
+                    self.partials.keep(key, *writer);
                 }
                 Err(input_error
                     .map(Status::from)
@@ -303,7 +303,7 @@ enum Chunk {
 enum Outcome {
     Committed,
     /// The stream ended early; the writer is kept when the upload can be resumed.
-    Unfinished(Option<BlobWriter>),
+    Unfinished(Option<Box<BlobWriter>>),
 }
 
 fn write_chunks(
@@ -327,7 +327,7 @@ fn write_chunks(
                     Chunk::Abort => return Ok(Outcome::Unfinished(None)),
                 }
             }
-            Ok(Outcome::Unfinished(Some(writer)))
+            Ok(Outcome::Unfinished(Some(Box::new(writer))))
         }
         Compression::Zstd => {
             let mut decoder = zstd::stream::write::Decoder::new(writer)

@@ -56,9 +56,9 @@ pub fn watch(op: Arc<OperationState>) -> OperationStream {
         |state| async move {
             let (op, mut rx, first) = state?;
             if !first {
-                match tokio::time::timeout(KEEPALIVE, rx.changed()).await {
-                    Ok(Err(_)) => return None,
-                    Ok(Ok(())) | Err(_) => {}
+                // A timeout just re-sends the current state as a keep-alive.
+                if let Ok(Err(_)) = tokio::time::timeout(KEEPALIVE, rx.changed()).await {
+                    return None;
                 }
             }
             let progress = rx.borrow_and_update().clone();

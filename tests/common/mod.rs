@@ -42,8 +42,10 @@ impl TestServer {
 
     /// rexd on an existing data directory (for restart tests).
     pub async fn start_in(data_dir: TempDir, edit: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.data_dir = Some(data_dir.path().to_path_buf());
+        let mut config = Config {
+            data_dir: Some(data_dir.path().to_path_buf()),
+            ..Config::default()
+        };
         config.storage.fsync = false;
         edit(&mut config);
         let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
