@@ -42,6 +42,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub execution: ExecutionConfig,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     /// The instance names served; requests naming any other are rejected.
     #[serde(default = "default_instances")]
     pub instances: Vec<InstanceConfig>,
@@ -128,6 +130,51 @@ impl ExecutionConfig {
     }
 }
 
+/// How actions are isolated from the host and from each other.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// `auto`: Linux namespaces through bubblewrap where they work, else plain processes
+    /// with one warning at start-up. `bwrap`: namespaces or refuse to start. `plain`: none.
+    pub backend: SandboxBackend,
+    /// Path of the bubblewrap binary.
+    pub bwrap_path: PathBuf,
+    /// When rexd runs as root, worker N runs actions as uid/gid `run_as_uid_base + N`, so an
+    /// action cannot write the CAS files it is handed and the process cap counts per action.
+    pub run_as_uid_base: u32,
+    /// Whether an action may ask for `network = "on"`.
+    pub allow_network: bool,
+    /// Most processes (and threads) one action may have at once.
+    pub max_processes: u64,
+    /// Largest total of stdout, stderr and output files of one action.
+    pub max_output_size: ByteSize,
+    /// Optional cap on each action process's address space.
+    pub memory_limit: Option<ByteSize>,
+}
+
+/// Which isolation mechanism the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxBackend {
+    Auto,
+    Bwrap,
+    Plain,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            backend: SandboxBackend::Auto,
+            bwrap_path: PathBuf::from("/usr/bin/bwrap"),
+            run_as_uid_base: 61000,
+            allow_network: false,
+            max_processes: 4096,
+            max_output_size: ByteSize::gib(16),
+            memory_limit: None,
+        }
+    }
+}
+
 /// Per-instance policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +183,33 @@ pub struct InstanceConfig {
     /// Whether clients may call UpdateActionResult on this instance.
     #[serde(default = "yes")]
     pub allow_ac_updates: bool,
+    /// How this instance's actions are isolated.
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// Modes an action may pick instead, with the platform property `sandbox`.
+    #[serde(default)]
+    pub selectable_sandboxes: Vec<SandboxMode>,
+}
+
+/// How an action sees the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// Bazel style: the host filesystem read-only, the exec root read-write, private /tmp,
+    /// /proc and network.
+    #[default]
+    Host,
+    /// BuildStream style: the input root is `/`; nothing of the host is visible.
+    Chroot,
+}
+
+impl SandboxMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxMode::Host => "host",
+            SandboxMode::Chroot => "chroot",
+        }
+    }
 }
 
 impl InstanceConfig {
@@ -143,6 +217,8 @@ impl InstanceConfig {
         InstanceConfig {
             name: name.to_string(),
             allow_ac_updates: true,
+            sandbox: SandboxMode::Host,
+            selectable_sandboxes: Vec::new(),
         }
     }
 }
@@ -272,6 +348,7 @@ mod tests {
         assert_eq!(c.instances, default_instances());
         assert_eq!(c.storage, StorageConfig::default());
         assert_eq!(c.execution, ExecutionConfig::default());
+        assert_eq!(c.sandbox, SandboxConfig::default());
         assert!(c.data_dir.is_none());
     }
 

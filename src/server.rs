@@ -62,6 +62,7 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
     let execution = if config.execution.enabled {
         Some(Arc::new(Engine::new(
             &config.execution,
+            &config.sandbox,
             &data_dir,
             cas.clone(),
             ac.clone(),

@@ -4,6 +4,7 @@
 pub mod operations;
 pub mod outputs;
 pub mod runner;
+pub mod sandbox;
 pub mod scheduler;
 pub mod spec;
 pub mod stage;
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ExecutionConfig;
+use crate::config::{ExecutionConfig, SandboxConfig};
 use crate::error::Error;
 use crate::storage::{ActionCache, Cas};
 
@@ -25,6 +26,7 @@ pub use spec::{ActionSpec, SpecLimits};
 pub struct Engine {
     pub scheduler: Arc<Scheduler>,
     pub limits: SpecLimits,
+    pub sandbox: Arc<sandbox::Sandbox>,
     workers: worker::WorkerContext,
     worker_count: usize,
 }
@@ -33,6 +35,7 @@ impl Engine {
     /// Prepares the engine (blocking: creates directories). Workers start with [`Engine::start`].
     pub fn new(
         config: &ExecutionConfig,
+        sandbox_config: &SandboxConfig,
         data_dir: &Path,
         cas: Cas,
         ac: ActionCache,
@@ -49,8 +52,9 @@ impl Engine {
             std::fs::remove_dir_all(&work_dir)
                 .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
         }
-        crate::storage::ensure_dir(&work_dir)?;
+        crate::storage::ensure_private_dir(&work_dir)?;
         let exec_cache = Arc::new(stage::ExecutableCache::open(data_dir)?);
+        let sandbox = Arc::new(sandbox::Sandbox::detect(sandbox_config)?);
         Ok(Engine {
             limits: SpecLimits {
                 default_timeout: Duration::from_secs(config.default_timeout_secs),
@@ -63,7 +67,9 @@ impl Engine {
                 exec_cache,
                 work_dir,
                 keep_failed_action_dirs: config.keep_failed_action_dirs,
+                sandbox: sandbox.clone(),
             },
+            sandbox,
             worker_count: config.worker_count(),
             scheduler,
         })
@@ -77,6 +83,11 @@ impl Engine {
     pub fn start(&self) {
         worker::spawn_workers(self.workers.clone(), self.worker_count);
         self.operations().spawn_expiry();
-        tracing::info!(workers = self.worker_count, platform = ?self.scheduler.platform(), "execution enabled");
+        tracing::info!(
+            workers = self.worker_count,
+            platform = ?self.scheduler.platform(),
+            sandbox = self.sandbox.backend.name(),
+            "execution enabled"
+        );
     }
 }

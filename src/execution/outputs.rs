@@ -26,14 +26,16 @@ enum Declared {
     Any,
 }
 
-/// Collects every declared output under `exec_root` into `result`.
+/// Collects every declared output under `exec_root` into `result`; returns the total size
+/// of the output files.
 pub fn collect(
     cas: &Cas,
     function: DigestFunction,
     exec_root: &Path,
     command: &Command,
     result: &mut ActionResult,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
+    let mut total = 0u64;
     let format = OutputDirectoryFormat::try_from(command.output_directory_format)
         .unwrap_or(OutputDirectoryFormat::TreeOnly);
     #[allow(deprecated)]
@@ -89,6 +91,7 @@ pub fn collect(
                 )));
             }
             let digest = cas.adopt_file(&full, function)?;
+            total += digest.size();
             result.output_files.push(OutputFile {
                 path: path.clone(),
                 digest: Some(digest.to_proto()),
@@ -103,7 +106,7 @@ pub fn collect(
                 )));
             }
             let mut tree = Tree::default();
-            let root = directory_of(cas, function, &full, &mut tree.children)?;
+            let root = directory_of(cas, function, &full, &mut tree.children, &mut total)?;
             tree.root = Some(root.clone());
             // Each distinct child once, as the spec asks of Tree.children.
             let mut seen = std::collections::HashSet::new();
@@ -126,7 +129,7 @@ pub fn collect(
             result.output_directories.push(output);
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Builds the Directory message for `path`, storing its files and pushing every descendant
@@ -136,6 +139,7 @@ fn directory_of(
     function: DigestFunction,
     path: &Path,
     children: &mut Vec<Directory>,
+    total: &mut u64,
 ) -> Result<Directory, Error> {
     let mut entries: Vec<(String, fs::FileType, fs::Metadata)> = Vec::new();
     let listing =
@@ -163,7 +167,7 @@ fn directory_of(
                 node_properties: None,
             });
         } else if kind.is_dir() {
-            let child = directory_of(cas, function, &at, children)?;
+            let child = directory_of(cas, function, &at, children, total)?;
             let digest = Digest::of(function, &child.encode_to_vec());
             children.push(child);
             dir.directories.push(DirectoryNode {
@@ -172,6 +176,7 @@ fn directory_of(
             });
         } else if kind.is_file() {
             let digest = cas.adopt_file(&at, function)?;
+            *total += digest.size();
             dir.files.push(FileNode {
                 name,
                 digest: Some(digest.to_proto()),

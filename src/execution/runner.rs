@@ -1,10 +1,8 @@
-//! Runs an action's command as a child process in its own process group, with exactly the
-//! environment it asked for and its output captured to files; kills the whole group on
-//! exit, timeout or cancellation so nothing it started lives on.
+//! Runs an action's process (built by the sandbox) with its output captured to files, and
+//! kills its whole process group on exit, timeout or cancellation so nothing it started
+//! lives on.
 
 use std::fs::File;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -12,41 +10,28 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::proto::remote_execution::Command;
 
 /// How a run ended.
 pub enum RunEnd {
-    /// The command exited (or was killed by a signal: 128 + signal, as shells report it).
+    /// The process exited with this code (128 + signal if a signal killed it, as shells say).
     Exited(i32),
     TimedOut,
     Cancelled,
 }
 
-/// Runs `command` in `exec_root`, writing stdout and stderr to the given files.
+/// Exit code of a process killed by SIGXFSZ: it wrote past the output size limit.
+pub const EXIT_FILE_TOO_LARGE: i32 = 128 + nix::libc::SIGXFSZ;
+
+/// Runs `cmd`, writing its stdout and stderr to the given files.
 pub async fn run(
-    command: &Command,
-    exec_root: &Path,
+    mut cmd: tokio::process::Command,
+    program: &str,
     stdout: File,
     stderr: File,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<RunEnd, Error> {
-    let program = &command.arguments[0];
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&command.arguments[1..])
-        .env_clear()
-        .envs(
-            command
-                .environment_variables
-                .iter()
-                .map(|v| (&v.name, &v.value)),
-        )
-        .current_dir(exec_root.join(&command.working_directory))
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.stdout(stdout).stderr(stderr);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::InvalidArgument(format!("cannot start command {program:?}: {e}")))?;
@@ -60,7 +45,8 @@ pub async fn run(
         _ = tokio::time::sleep(timeout) => RunEnd::TimedOut,
         _ = cancel.cancelled() => RunEnd::Cancelled,
     };
-    // Whatever happened, nothing the action started may outlive it.
+    // Whatever happened, nothing the action started may outlive it. (Under bubblewrap the
+    // pid namespace dies with its first process as well.)
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }

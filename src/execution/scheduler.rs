@@ -142,6 +142,9 @@ impl Scheduler {
 
     fn check_platform(&self, wanted: &BTreeMap<String, String>) -> Result<(), Error> {
         for (name, value) in wanted {
+            if crate::execution::sandbox::SANDBOX_PROPERTIES.contains(&name.as_str()) {
+                continue; // Checked by the sandbox against the instance's configuration.
+            }
             match self.platform.get(name) {
                 Some(offered) if offered == value => {}
                 Some(offered) => {

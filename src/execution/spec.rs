@@ -22,6 +22,8 @@ pub struct ActionSpec {
     pub timeout: Duration,
     /// Platform properties the action asks for (Action.platform, else Command.platform).
     pub platform: BTreeMap<String, String>,
+    /// Sandbox settings derived from the platform properties and the instance's config.
+    pub options: crate::execution::sandbox::ActionOptions,
 }
 
 impl ActionSpec {
@@ -98,6 +100,7 @@ pub fn load(
         directories: Arc::new(directories),
         timeout,
         platform,
+        options: Default::default(),
     })
 }
 

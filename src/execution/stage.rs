@@ -23,7 +23,7 @@ pub struct ExecutableCache {
 impl ExecutableCache {
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("cas-exec");
-        crate::storage::ensure_dir(&dir)?;
+        crate::storage::ensure_private_dir(&dir)?;
         Ok(ExecutableCache {
             dir,
             tmp_dir: data_dir.join("tmp"),
@@ -71,8 +71,10 @@ pub fn stage_tree(
     directories: &HashMap<Digest, Directory>,
     root: &Digest,
     dest: &Path,
+    owner: Option<(u32, u32)>,
 ) -> Result<StageStats, Error> {
     let mut stats = StageStats::default();
+    chown_dir(dest, owner)?;
     let mut stack = vec![(*root, dest.to_path_buf())];
     while let Some((digest, path)) = stack.pop() {
         let dir = directories
@@ -102,6 +104,7 @@ pub fn stage_tree(
                 Digest::from_required(digest.function(), sub.digest.as_ref(), "directory")?;
             let at = path.join(&sub.name);
             fs::create_dir(&at).map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
+            chown_dir(&at, owner)?;
             stack.push((sub_digest, at));
         }
     }
@@ -131,30 +134,50 @@ fn link_refused(e: &io::Error) -> bool {
 
 /// Creates the parent directories of every declared output, relative to the working
 /// directory, as the spec asks of workers.
-pub fn create_output_parents(exec_root: &Path, command: &Command) -> Result<(), Error> {
+pub fn create_output_parents(
+    exec_root: &Path,
+    command: &Command,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     #[allow(deprecated)]
     let outputs = command
         .output_files
         .iter()
         .chain(&command.output_directories)
         .chain(&command.output_paths);
-    let workdir = exec_root.join(&command.working_directory);
-    fs::create_dir_all(&workdir)
-        .map_err(|e| Error::io(format!("creating {}", workdir.display()), e))?;
+    make_dirs(exec_root, Path::new(&command.working_directory), owner)?;
     for output in outputs {
         let Some(rel) =
             crate::execution::spec::resolve_relative(&command.working_directory, output)
         else {
             continue;
         };
-        if let Some(parent) = Path::new(&rel)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            let at = exec_root.join(parent);
-            fs::create_dir_all(&at)
-                .map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
+        if let Some(parent) = Path::new(&rel).parent() {
+            make_dirs(exec_root, parent, owner)?;
         }
+    }
+    Ok(())
+}
+
+/// Creates `rel` under `root` one component at a time, giving new directories to `owner`.
+fn make_dirs(root: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match fs::create_dir(&at) {
+            Ok(()) => chown_dir(&at, owner)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("creating {}", at.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Hands a directory the action will write in to the uid the action runs as.
+fn chown_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("handing {} to uid {uid}", dir.display()), e))?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::execution::operations::OperationState;
 use crate::execution::outputs;
 use crate::execution::runner::{self, RunEnd};
+use crate::execution::sandbox::Sandbox;
 use crate::execution::scheduler::{Job, Scheduler};
 use crate::execution::stage::{self, ExecutableCache};
 use crate::proto::remote_execution::{ActionResult, ExecuteResponse, ExecutedActionMetadata};
@@ -26,6 +27,7 @@ pub struct WorkerContext {
     /// Parent of the per-action directories.
     pub work_dir: PathBuf,
     pub keep_failed_action_dirs: bool,
+    pub sandbox: Arc<Sandbox>,
 }
 
 /// Starts `count` workers; they run until the runtime shuts down.
@@ -36,11 +38,11 @@ pub fn spawn_workers(ctx: WorkerContext, count: usize) {
         .unwrap_or_else(|| "localhost".into());
     for n in 0..count {
         let ctx = ctx.clone();
-        let name = format!("{host}/rexd-worker-{n}");
+        let name = format!("{host}/rexd-worker-{n} ({})", ctx.sandbox.backend.name());
         tokio::spawn(async move {
             loop {
                 let job = ctx.scheduler.next().await;
-                run_job(&ctx, &name, &job).await;
+                run_job(&ctx, n, &name, &job).await;
                 ctx.scheduler.finished(&job);
             }
         });
@@ -51,7 +53,7 @@ fn now() -> Option<prost_types::Timestamp> {
     Some(SystemTime::now().into())
 }
 
-async fn run_job(ctx: &WorkerContext, worker: &str, job: &Job) {
+async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
     let op = &job.op;
     if op.is_done() {
         return; // Cancelled while queued.
@@ -65,7 +67,7 @@ async fn run_job(ctx: &WorkerContext, worker: &str, job: &Job) {
         worker_start_timestamp: now(),
         ..Default::default()
     };
-    let outcome = execute(ctx, job, &dir, &mut metadata).await;
+    let outcome = execute(ctx, slot, job, &dir, &mut metadata).await;
     metadata.worker_completed_timestamp = now();
     let (mut result, status) = match outcome {
         Ok((result, status)) => (result, status),
@@ -114,12 +116,14 @@ fn complete(op: &OperationState, result: ActionResult, status: Option<Error>) {
 /// back as `Err`; a result with an error status (timeout, cancel) comes back as `Ok`.
 async fn execute(
     ctx: &WorkerContext,
+    slot: usize,
     job: &Job,
     dir: &std::path::Path,
     metadata: &mut ExecutedActionMetadata,
 ) -> Result<(ActionResult, Option<Error>), Error> {
     let spec = &job.spec;
     let exec_root = dir.join("root");
+    let run_as = ctx.sandbox.run_as(slot);
 
     // Prepare.
     metadata.input_fetch_start_timestamp = now();
@@ -134,9 +138,10 @@ async fn execute(
         blocking(move || {
             std::fs::create_dir_all(&exec_root)
                 .map_err(|e| Error::io(format!("creating {}", exec_root.display()), e))?;
-            let stats = stage::stage_tree(&cas, &exec_cache, &directories, &root, &exec_root)?;
+            let stats =
+                stage::stage_tree(&cas, &exec_cache, &directories, &root, &exec_root, run_as)?;
             tracing::debug!(?stats, "staged inputs");
-            stage::create_output_parents(&exec_root, &command)?;
+            stage::create_output_parents(&exec_root, &command, run_as)?;
             let stdout = std::fs::File::create(dir.join("stdout"))
                 .map_err(|e| Error::io("creating the stdout file", e))?;
             let stderr = std::fs::File::create(dir.join("stderr"))
@@ -149,9 +154,12 @@ async fn execute(
 
     // Execute.
     metadata.execution_start_timestamp = now();
+    let process = ctx
+        .sandbox
+        .command(&spec.command, &exec_root, &spec.options, run_as)?;
     let end = runner::run(
-        &spec.command,
-        &exec_root,
+        process,
+        &spec.command.arguments[0],
         stdout,
         stderr,
         spec.timeout,
@@ -160,7 +168,7 @@ async fn execute(
     .await;
     metadata.execution_completed_timestamp = now();
     let collect_outputs = matches!(end, Ok(RunEnd::Exited(_)));
-    let (exit_code, status) = match end {
+    let (exit_code, mut status) = match end {
         Ok(RunEnd::Exited(code)) => (code, None),
         Ok(RunEnd::TimedOut) => (
             -1,
@@ -187,16 +195,26 @@ async fn execute(
             exit_code,
             ..Default::default()
         };
-        result.stdout_digest = Some(cas.adopt_file(&dir.join("stdout"), function)?.to_proto());
-        result.stderr_digest = Some(cas.adopt_file(&dir.join("stderr"), function)?.to_proto());
+        let stdout = cas.adopt_file(&dir.join("stdout"), function)?;
+        let stderr = cas.adopt_file(&dir.join("stderr"), function)?;
+        result.stdout_digest = Some(stdout.to_proto());
+        result.stderr_digest = Some(stderr.to_proto());
+        let mut total = stdout.size() + stderr.size();
         if collect_outputs {
-            outputs::collect(&cas, function, &dir.join("root"), &command, &mut result)?;
+            total += outputs::collect(&cas, function, &dir.join("root"), &command, &mut result)?;
         }
-        Ok(result)
+        Ok((result, total))
     })
     .await;
     metadata.output_upload_completed_timestamp = now();
-    let result = result?;
+    let (result, total) = result?;
+    let max = ctx.sandbox.max_output_size();
+    if status.is_none() && (total >= max || result.exit_code == runner::EXIT_FILE_TOO_LARGE) {
+        status = Some(Error::ResourceExhausted(format!(
+            "the action's output ({total} bytes of stdout, stderr and output files, or a \
+             single file cut off at the limit) reached the server's max_output_size of {max} bytes"
+        )));
+    }
     Ok((result, status))
 }
 

@@ -72,7 +72,7 @@ impl ContentAddressableStorage for CasService {
                 .map(|r| {
                     let result = Digest::from_required(function, r.digest.as_ref(), "blob")
                         .and_then(|digest| {
-                            let data = decompress(r.compressor, &digest, r.data)?;
+                            let data = decompress(r.compressor, &digest, r.data, max)?;
                             cas.put(&digest, &data)
                         });
                     batch_update_blobs_response::Response {
@@ -165,10 +165,23 @@ impl ContentAddressableStorage for CasService {
     }
 }
 
-/// Turns a batch entry's bytes into the blob's raw bytes.
-fn decompress(compressor: i32, digest: &Digest, data: bytes::Bytes) -> Result<bytes::Bytes, Error> {
+/// Turns a batch entry's bytes into the blob's raw bytes. The decompression buffer is sized
+/// from the digest, which the client wrote, so a size over the batch limit is refused before
+/// anything is allocated (a claimed petabyte would otherwise abort the process).
+fn decompress(
+    compressor: i32,
+    digest: &Digest,
+    data: bytes::Bytes,
+    max_size: u64,
+) -> Result<bytes::Bytes, Error> {
     match compressor::Value::try_from(compressor) {
         Ok(compressor::Value::Identity) => Ok(data),
+        Ok(compressor::Value::Zstd) if digest.size() > max_size => {
+            Err(Error::InvalidArgument(format!(
+                "blob {digest}: its uncompressed size is over max_batch_total_size_bytes \
+                 ({max_size}); upload it with ByteStream Write"
+            )))
+        }
         Ok(compressor::Value::Zstd) => zstd::bulk::decompress(&data, digest.size() as usize)
             .map(bytes::Bytes::from)
             .map_err(|e| Error::InvalidArgument(format!("blob {digest}: invalid zstd data: {e}"))),

@@ -77,7 +77,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let metadata = request_metadata(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        let instance_config = self.ctx.instance(&req.instance_name)?.clone();
         let engine = self.engine()?.clone();
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
@@ -105,7 +105,10 @@ impl Execution for ExecutionService {
             default_timeout: engine.limits.default_timeout,
             max_timeout: engine.limits.max_timeout,
         };
-        let spec = blocking(move || spec::load(&cas, &instance, digest, &limits)).await?;
+        let mut spec = blocking(move || spec::load(&cas, &instance, digest, &limits)).await?;
+        spec.options = engine
+            .sandbox
+            .options_for(&spec.platform, &instance_config)?;
         let priority = req.execution_policy.map_or(0, |p| p.priority);
         let op = engine.scheduler.submit(spec, priority, metadata)?;
         Ok(Response::new(watch(op)))

@@ -26,7 +26,7 @@ impl ActionCache {
     pub fn open(data_dir: &Path, fsync: bool) -> Result<Self, Error> {
         let root = data_dir.join("ac");
         let tmp_dir = data_dir.join("tmp");
-        ensure_dir(&root)?;
+        crate::storage::ensure_private_dir(&root)?;
         ensure_dir(&tmp_dir)?;
         Ok(ActionCache {
             root,

@@ -20,8 +20,8 @@ use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::error::Error;
-use crate::storage::ensure_dir;
 use crate::storage::index::Index;
+use crate::storage::{ensure_dir, ensure_private_dir};
 
 /// Handle to the blob store; cheap to clone.
 #[derive(Clone)]
@@ -45,7 +45,8 @@ impl Cas {
     pub fn open(data_dir: &Path, fsync: bool) -> Result<Cas, Error> {
         let blobs_dir = data_dir.join("cas");
         let tmp_dir = data_dir.join("tmp");
-        ensure_dir(&tmp_dir)?;
+        ensure_private_dir(&tmp_dir)?;
+        ensure_private_dir(&blobs_dir)?;
         clean_tmp(&tmp_dir)?;
         let cas = Cas {
             inner: Arc::new(Inner {
@@ -210,6 +211,19 @@ impl Cas {
         if self.inner.fsync {
             file.sync_data()
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        }
+        // A file made by an action under another uid stays that uid's to chmod and rewrite;
+        // a blob must belong to the server alone.
+        let owner = file
+            .metadata()
+            .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        if std::os::unix::fs::MetadataExt::uid(&owner) != uid {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("taking ownership of {}", path.display()), e))?;
         }
         fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
             .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;

@@ -19,6 +19,15 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))
 }
 
+/// Creates `dir` readable by rexd's user alone: sandboxed actions run under other uids and
+/// must not browse the store or other actions' directories.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    ensure_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("making {} private", dir.display()), e))
+}
+
 /// Writes `data` to `dest` through a temp file in `tmp_dir` and an atomic rename, so readers
 /// see either nothing or the whole file.
 pub(crate) fn write_atomic(

@@ -1,0 +1,402 @@
+//! Isolation of actions. With namespaces available, every action runs under bubblewrap in
+//! fresh user, mount, pid, network, ipc and uts namespaces, in one of two views of the
+//! filesystem (host or chroot, see [`SandboxMode`]); without them, as a plain child process.
+//! Either way it runs in its own process group, with resource limits, and (when rexd is
+//! root) as a per-worker uid that owns its exec root but none of the CAS.
+//!
+//! bubblewrap rather than hand-made namespace code: it is a small, audited setuid-free tool
+//! that gets the mount and pid-namespace details right, and costs about 6 ms per action.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::config::{InstanceConfig, SandboxBackend, SandboxConfig, SandboxMode};
+use crate::error::Error;
+use crate::proto::remote_execution::Command;
+
+/// Platform properties the sandbox interprets, rather than matching them against the
+/// workers' advertised properties.
+pub const SANDBOX_PROPERTIES: &[&str] = &["network", "unixUID", "unixGID", "sandbox"];
+
+/// What one action asked of the sandbox, checked against the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionOptions {
+    pub mode: SandboxMode,
+    pub network: bool,
+    /// uid and gid the action sees inside its user namespace.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Which mechanism is in force on this server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Bwrap(PathBuf),
+    Plain,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Bwrap(_) => "bwrap",
+            Backend::Plain => "plain",
+        }
+    }
+}
+
+/// The sandbox settings in force, shared by all workers.
+pub struct Sandbox {
+    pub backend: Backend,
+    config: SandboxConfig,
+    /// Whether rexd can run actions under other uids.
+    is_root: bool,
+    /// An empty, world-traversable directory that exec roots are bind-mounted on, each in
+    /// its action's private mount namespace.
+    mount_point: PathBuf,
+}
+
+impl Sandbox {
+    /// Chooses the backend, probing once whether bubblewrap works here.
+    pub fn detect(config: &SandboxConfig) -> Result<Self, Error> {
+        let is_root = nix::unistd::geteuid().is_root();
+        let mut sandbox = Sandbox {
+            backend: Backend::Plain,
+            config: config.clone(),
+            is_root,
+            mount_point: if Path::new("/run").is_dir() {
+                PathBuf::from("/run/rexd-exec-root")
+            } else {
+                PathBuf::from("/tmp/.rexd-exec-root")
+            },
+        };
+        if config.backend == SandboxBackend::Plain {
+            return Ok(sandbox);
+        }
+        if is_root {
+            std::fs::create_dir_all(&sandbox.mount_point)
+                .map_err(|e| Error::io(format!("creating {}", sandbox.mount_point.display()), e))?;
+        }
+        match sandbox.probe_bwrap() {
+            Ok(()) => sandbox.backend = Backend::Bwrap(config.bwrap_path.clone()),
+            Err(why) if config.backend == SandboxBackend::Bwrap => {
+                return Err(Error::FailedPrecondition(format!(
+                    "sandbox.backend is \"bwrap\" but bubblewrap does not work here: {why}"
+                )));
+            }
+            Err(why) => tracing::warn!(
+                "Linux namespaces are unavailable ({why}); actions run as plain processes \
+                 WITHOUT isolation. Install bubblewrap and allow unprivileged user namespaces, \
+                 or set sandbox.backend = \"plain\" to silence this warning."
+            ),
+        }
+        Ok(sandbox)
+    }
+
+    fn probe_bwrap(&self) -> Result<(), String> {
+        let mut cmd = std::process::Command::new(&self.config.bwrap_path);
+        cmd.args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if self.is_root {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(self.config.run_as_uid_base)
+                .gid(self.config.run_as_uid_base);
+        }
+        let output = cmd
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.config.bwrap_path.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+
+    /// Checks the sandbox-related platform properties of an action against the instance's
+    /// configuration.
+    pub fn options_for(
+        &self,
+        platform: &BTreeMap<String, String>,
+        instance: &InstanceConfig,
+    ) -> Result<ActionOptions, Error> {
+        let mut options = ActionOptions {
+            mode: instance.sandbox,
+            ..Default::default()
+        };
+        if let Some(mode) = platform.get("sandbox") {
+            let selected = [SandboxMode::Host, SandboxMode::Chroot]
+                .into_iter()
+                .find(|m| m.name() == mode)
+                .filter(|m| *m == instance.sandbox || instance.selectable_sandboxes.contains(m));
+            options.mode = selected.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "platform property sandbox={mode:?} is not available on instance {:?}; it runs {:?}{}",
+                    instance.name,
+                    instance.sandbox.name(),
+                    if instance.selectable_sandboxes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " and allows selecting {}",
+                            instance.selectable_sandboxes.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                ))
+            })?;
+        }
+        match platform.get("network").map(String::as_str) {
+            None | Some("off") => {}
+            Some("on") if self.config.allow_network => options.network = true,
+            Some("on") => {
+                return Err(Error::FailedPrecondition(
+                    "platform property network=on is not allowed by this server's \
+                     configuration (sandbox.allow_network = false)"
+                        .into(),
+                ));
+            }
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "platform property network={other:?}: expected \"on\" or \"off\""
+                )));
+            }
+        }
+        let id = |key: &str| -> Result<Option<u32>, Error> {
+            platform
+                .get(key)
+                .map(|v| {
+                    v.parse().map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "platform property {key}={v:?} is not a uid/gid number"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        options.uid = id("unixUID")?;
+        options.gid = id("unixGID")?;
+        if self.backend == Backend::Plain
+            && (options.mode == SandboxMode::Chroot
+                || options.uid.is_some()
+                || options.gid.is_some())
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "this server runs actions without namespaces (sandbox backend \"plain\"), so it \
+                 cannot honour {}",
+                if options.mode == SandboxMode::Chroot {
+                    "chroot mode"
+                } else {
+                    "unixUID/unixGID"
+                }
+            )));
+        }
+        Ok(options)
+    }
+
+    /// The uid and gid that worker `slot` runs actions as, if rexd can switch users (as root,
+    /// under bubblewrap; a plain process must reach its exec root inside the private data
+    /// directory, so it keeps rexd's uid).
+    pub fn run_as(&self, slot: usize) -> Option<(u32, u32)> {
+        (self.is_root && matches!(self.backend, Backend::Bwrap(_))).then(|| {
+            let id = self.config.run_as_uid_base + slot as u32;
+            (id, id)
+        })
+    }
+
+    pub fn max_output_size(&self) -> u64 {
+        self.config.max_output_size.as_u64()
+    }
+
+    /// Builds the process for an action: bubblewrap wrapping the command, or the command
+    /// itself; stdout and stderr are attached by the caller.
+    pub fn command(
+        &self,
+        command: &Command,
+        exec_root: &Path,
+        options: &ActionOptions,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<tokio::process::Command, Error> {
+        let workdir = exec_root.join(&command.working_directory);
+        let mut cmd = match &self.backend {
+            Backend::Plain => {
+                let mut cmd = tokio::process::Command::new(&command.arguments[0]);
+                cmd.args(&command.arguments[1..]).current_dir(&workdir);
+                cmd
+            }
+            Backend::Bwrap(bwrap) => {
+                let mut cmd = tokio::process::Command::new(bwrap);
+                cmd.args([
+                    "--unshare-user",
+                    "--unshare-ipc",
+                    "--unshare-pid",
+                    "--unshare-uts",
+                    "--unshare-cgroup-try",
+                ]);
+                if !options.network {
+                    cmd.arg("--unshare-net");
+                }
+                cmd.args(["--die-with-parent", "--new-session", "--hostname", "rexd"]);
+                if let Some(uid) = options.uid {
+                    cmd.arg("--uid").arg(uid.to_string());
+                }
+                if let Some(gid) = options.gid {
+                    cmd.arg("--gid").arg(gid.to_string());
+                }
+                // Under another uid, the action cannot traverse the private data directory to
+                // its exec root; the child first bind-mounts it at a public mount point in a
+                // mount namespace of its own (see `enter_exec_root`).
+                let source = match run_as {
+                    Some(_) => self.mount_point.clone(),
+                    None => exec_root.to_path_buf(),
+                };
+                let inside_root = match options.mode {
+                    SandboxMode::Host => {
+                        cmd.args([
+                            "--ro-bind",
+                            "/",
+                            "/",
+                            "--dev",
+                            "/dev",
+                            "--proc",
+                            "/proc",
+                            "--tmpfs",
+                            "/tmp",
+                        ])
+                        .arg("--bind")
+                        .arg(&source)
+                        .arg(HOST_EXEC_ROOT);
+                        Path::new(HOST_EXEC_ROOT)
+                    }
+                    SandboxMode::Chroot => {
+                        cmd.arg("--bind")
+                            .arg(&source)
+                            .arg("/")
+                            .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+                        Path::new("/")
+                    }
+                };
+                cmd.arg("--chdir")
+                    .arg(inside_root.join(&command.working_directory));
+                // bwrap runs with the action's environment, so its PATH lookup of
+                // arguments[0] happens inside the sandbox with the action's PATH.
+                cmd.arg("--").args(&command.arguments);
+                cmd.current_dir("/");
+                cmd
+            }
+        };
+        cmd.env_clear()
+            .envs(
+                command
+                    .environment_variables
+                    .iter()
+                    .map(|v| (&v.name, &v.value)),
+            )
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let enter = match (run_as, &self.backend) {
+            (Some(ids), Backend::Bwrap(_)) => {
+                Some(EnterExecRoot::new(exec_root, &self.mount_point, ids)?)
+            }
+            _ => None,
+        };
+        let nproc = run_as.map(|_| self.config.max_processes);
+        let memory = self.config.memory_limit.map(|m| m.as_u64());
+        let fsize = self.config.max_output_size.as_u64();
+        // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before
+        // the fork (unshare, mount, setgroups, setgid, setuid, setrlimit); no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::sys::resource::{Resource, setrlimit};
+                if let Some(enter) = &enter {
+                    enter.apply()?;
+                }
+                if let Some(n) = nproc {
+                    setrlimit(Resource::RLIMIT_NPROC, n, n)?;
+                }
+                if let Some(m) = memory {
+                    setrlimit(Resource::RLIMIT_AS, m, m)?;
+                }
+                setrlimit(Resource::RLIMIT_FSIZE, fsize, fsize)?;
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+/// Where the exec root appears in host mode: a fixed path, so that absolute paths that end
+/// up in outputs (debug info, say) are the same on every run.
+pub const HOST_EXEC_ROOT: &str = "/tmp/rexd/root";
+
+/// Makes the exec root reachable by an unprivileged action uid: in the forked child, still
+/// root, enter a private mount namespace, bind the exec root onto a public mount point, then
+/// drop to the action's uid and gid.
+struct EnterExecRoot {
+    source: std::ffi::CString,
+    target: std::ffi::CString,
+    uid: u32,
+    gid: u32,
+}
+
+impl EnterExecRoot {
+    fn new(exec_root: &Path, mount_point: &Path, (uid, gid): (u32, u32)) -> Result<Self, Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::Internal(format!("path {} contains NUL", p.display())))
+        };
+        Ok(EnterExecRoot {
+            source: c(exec_root)?,
+            target: c(mount_point)?,
+            uid,
+            gid,
+        })
+    }
+
+    /// Runs in the forked child before exec.
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::libc;
+        let check = |rc: libc::c_int| {
+            if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: raw syscalls with valid NUL-terminated strings owned by `self`.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                self.source.as_ptr(),
+                self.target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+        }
+        Ok(())
+    }
+}
