@@ -57,6 +57,13 @@ pub struct StorageConfig {
     pub max_batch_total_size: ByteSize,
     /// Flush every blob to stable storage before it becomes visible.
     pub fsync: bool,
+    /// Disk budget of the CAS; 0 means unbounded.
+    pub max_size: ByteSize,
+    /// Eviction brings the store down to this percentage of `max_size`.
+    pub low_water_percent: u8,
+    /// Blobs a client was just told exist (FindMissingBlobs, action-cache hits, fresh
+    /// outputs) are kept at least this long.
+    pub min_retention_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -64,6 +71,22 @@ impl Default for StorageConfig {
         StorageConfig {
             max_batch_total_size: ByteSize::mib(4),
             fsync: true,
+            max_size: ByteSize::gib(50),
+            low_water_percent: 90,
+            min_retention_secs: 3600,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The store policy in force.
+    pub fn cas_options(&self) -> crate::storage::CasOptions {
+        let max_size = self.max_size.as_u64();
+        crate::storage::CasOptions {
+            fsync: self.fsync,
+            max_size,
+            low_water: max_size / 100 * self.low_water_percent as u64,
+            min_retention: std::time::Duration::from_secs(self.min_retention_secs),
         }
     }
 }
@@ -312,6 +335,12 @@ impl Config {
         }
         if exec.max_queued == 0 {
             return invalid("execution.max_queued must be at least 1".into());
+        }
+        if !(1..=100).contains(&self.storage.low_water_percent) {
+            return invalid(format!(
+                "storage.low_water_percent must be between 1 and 100, not {}",
+                self.storage.low_water_percent
+            ));
         }
         let batch = self.storage.max_batch_total_size.as_u64();
         if !(64 * 1024..=256 * 1024 * 1024).contains(&batch) {

@@ -42,6 +42,15 @@ enum Command {
         /// The file to check.
         path: PathBuf,
     },
+    /// Re-hash every blob in the store and remove the damaged ones (run while the server
+    /// is stopped).
+    Verify {
+        #[command(flatten)]
+        store: ServeArgs,
+        /// Only report damaged blobs; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,28 +69,74 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Verify { store, dry_run }) => verify(store, dry_run),
         None => serve(cli.serve),
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let config = match &args.config {
+/// The configuration in force: the file (or built-in defaults) with the CLI overrides.
+fn load_config(args: ServeArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
-    };
-    let mut config = match config {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("rexd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = Some(dir);
     }
+    Ok(config)
+}
+
+fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
+    let config = match load_config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("rexd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log_level);
+    let data_dir = config.data_dir();
+    let result = rexd::storage::Cas::open(&data_dir, config.storage.cas_options())
+        .and_then(|cas| rexd::storage::verify::verify_all(&cas, !dry_run));
+    match result {
+        Ok(report) => {
+            println!(
+                "{}: checked {} blobs ({} bytes); {} damaged{}, {} vanished",
+                data_dir.display(),
+                report.checked,
+                report.bytes,
+                report.damaged.len(),
+                if dry_run { "" } else { " (removed)" },
+                report.vanished.len()
+            );
+            for d in &report.damaged {
+                println!("damaged: {d:?}");
+            }
+            if report.damaged.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("rexd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load_config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("rexd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -48,10 +48,9 @@ const SERVED_WITH_EXECUTION: &[&str] = &[
 /// Opens the stores under the configured data directory. Blocking; call before serving.
 pub fn open_context(config: Config) -> Result<Context, Error> {
     let data_dir = config.data_dir();
-    let fsync = config.storage.fsync;
     let started = std::time::Instant::now();
-    let cas = Cas::open(&data_dir, fsync)?;
-    let ac = ActionCache::open(&data_dir, fsync)?;
+    let cas = Cas::open(&data_dir, config.storage.cas_options())?;
+    let ac = ActionCache::open(&data_dir, config.storage.fsync)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         blobs = cas.index().len(),
@@ -121,6 +120,7 @@ pub async fn run(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(%local_addr, "rexd serving");
 
+    let order_saver = spawn_order_saver(ctx.cas.clone());
     let (execution, operations) = match &ctx.execution {
         Some(engine) => {
             engine.start();
@@ -163,6 +163,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;
+    order_saver.abort();
+    let cas = ctx.cas.clone();
+    crate::service::blocking(move || cas.save_order()).await?;
     tracing::info!("rexd stopped");
     Ok(())
 }
@@ -175,4 +178,19 @@ fn reflection_builder(served: &[&str]) -> tonic_reflection::server::Builder<'sta
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
         |builder, name| builder.with_service_name(*name),
     )
+}
+
+/// Saves the CAS use order every few minutes, so even a crash keeps most of the LRU order.
+fn spawn_order_saver(cas: Cas) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(300));
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let cas = cas.clone();
+            if let Err(e) = crate::service::blocking(move || cas.save_order()).await {
+                tracing::warn!(error = %e, "cannot save the CAS use order");
+            }
+        }
+    })
 }

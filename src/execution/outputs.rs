@@ -91,6 +91,7 @@ pub fn collect(
                 )));
             }
             let digest = cas.adopt_file(&full, function)?;
+            cas.pin([&digest]);
             total += digest.size();
             result.output_files.push(OutputFile {
                 path: path.clone(),
@@ -176,6 +177,7 @@ fn directory_of(
             });
         } else if kind.is_file() {
             let digest = cas.adopt_file(&at, function)?;
+            cas.pin([&digest]);
             *total += digest.size();
             dir.files.push(FileNode {
                 name,
@@ -198,5 +200,6 @@ pub fn store_message(
     let data = message.encode_to_vec();
     let digest = Digest::of(function, &data);
     cas.put(&digest, &data)?;
+    cas.pin([&digest]);
     Ok(digest)
 }

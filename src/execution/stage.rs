@@ -16,28 +16,22 @@ use crate::storage::Cas;
 /// Where executable variants of CAS blobs live: a hardlink shares its inode's mode, so a blob
 /// staged both with and without the executable bit needs a second, executable copy.
 pub struct ExecutableCache {
-    dir: PathBuf,
+    data_dir: PathBuf,
     tmp_dir: PathBuf,
 }
 
 impl ExecutableCache {
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        let dir = data_dir.join("cas-exec");
-        crate::storage::ensure_private_dir(&dir)?;
+        crate::storage::ensure_private_dir(&data_dir.join("cas-exec"))?;
         Ok(ExecutableCache {
-            dir,
+            data_dir: data_dir.to_path_buf(),
             tmp_dir: data_dir.join("tmp"),
         })
     }
 
     /// Path of a read-only, executable copy of a stored blob, made on first use.
     fn path(&self, cas: &Cas, digest: &Digest) -> Result<PathBuf, Error> {
-        let path = self.dir.join(format!(
-            "{}-{}-{}",
-            digest.function().name(),
-            digest.hash_hex(),
-            digest.size()
-        ));
+        let path = executable_copy_path(&self.data_dir, digest);
         if path.exists() {
             return Ok(path);
         }
@@ -53,6 +47,20 @@ impl ExecutableCache {
             .map_err(|e| Error::io(format!("storing executable copy of {digest}"), e.error))?;
         Ok(path)
     }
+}
+
+/// Removes the executable copy of an evicted blob, if one was made.
+pub fn forget_executable_copy(cas: &Cas, digest: &Digest) {
+    let _ = fs::remove_file(executable_copy_path(cas.data_dir(), digest));
+}
+
+fn executable_copy_path(data_dir: &Path, digest: &Digest) -> PathBuf {
+    data_dir.join("cas-exec").join(format!(
+        "{}-{}-{}",
+        digest.function().name(),
+        digest.hash_hex(),
+        digest.size()
+    ))
 }
 
 /// Counts of what staging did, for logs and benchmarks.
@@ -84,6 +92,11 @@ pub fn stage_tree(
         for file in &dir.files {
             let file_digest =
                 Digest::from_required(digest.function(), file.digest.as_ref(), "file")?;
+            if !cas.ensure_verified(&file_digest)? {
+                // Evicted or found damaged since the action was accepted: the client must
+                // upload it again, which a MISSING precondition failure tells it.
+                return Err(Error::MissingBlobs(vec![file_digest]));
+            }
             let src = if file.is_executable {
                 exec_cache.path(cas, &file_digest)?
             } else {

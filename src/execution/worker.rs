@@ -124,6 +124,15 @@ async fn execute(
     let spec = &job.spec;
     let exec_root = dir.join("root");
     let run_as = ctx.sandbox.run_as(slot);
+    // Inputs stay in the CAS while the action runs.
+    let function = spec.action_digest.function();
+    let inputs: Vec<_> = spec
+        .directories
+        .values()
+        .flat_map(|d| &d.files)
+        .filter_map(|f| crate::digest::Digest::from_proto(function, f.digest.as_ref()?).ok())
+        .collect();
+    let _inputs_lease = ctx.cas.lease(inputs);
 
     // Prepare.
     metadata.input_fetch_start_timestamp = now();
@@ -188,7 +197,6 @@ async fn execute(
     metadata.output_upload_start_timestamp = now();
     let cas = ctx.cas.clone();
     let command = spec.command.clone();
-    let function = spec.action_digest.function();
     let dir = dir.to_path_buf();
     let result = blocking(move || {
         let mut result = ActionResult {
@@ -197,6 +205,7 @@ async fn execute(
         };
         let stdout = cas.adopt_file(&dir.join("stdout"), function)?;
         let stderr = cas.adopt_file(&dir.join("stderr"), function)?;
+        cas.pin([&stdout, &stderr]);
         result.stdout_digest = Some(stdout.to_proto());
         result.stderr_digest = Some(stderr.to_proto());
         let mut total = stdout.size() + stderr.size();

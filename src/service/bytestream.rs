@@ -124,6 +124,7 @@ impl ByteStream for ByteStreamService {
         let (opened_tx, opened_rx) = oneshot::channel();
         let cas = self.ctx.cas.clone();
         tokio::task::spawn_blocking(move || {
+            let _lease = cas.lease(vec![digest]);
             let file = match cas.open_blob(&digest) {
                 Ok(Some(file)) => file,
                 Ok(None) => {

@@ -10,17 +10,22 @@
 //!
 //! All methods here block; async callers run them on the blocking pool.
 
+use std::collections::HashSet;
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::error::Error;
+use crate::storage::eviction;
 use crate::storage::index::Index;
+use crate::storage::stats::CasStats;
 use crate::storage::{ensure_dir, ensure_private_dir};
 
 /// Handle to the blob store; cheap to clone.
@@ -30,19 +35,49 @@ pub struct Cas {
 }
 
 struct Inner {
+    data_dir: PathBuf,
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
     index: Index,
-    fsync: bool,
+    options: CasOptions,
+    stats: CasStats,
+    /// Set while one thread evicts, so concurrent writers do not all evict at once.
+    evicting: AtomicBool,
+}
+
+/// Store policy, from the `[storage]` configuration.
+#[derive(Clone, Debug)]
+pub struct CasOptions {
+    /// fsync each blob before it becomes visible.
+    pub fsync: bool,
+    /// Disk budget in bytes; 0 means unbounded.
+    pub max_size: u64,
+    /// Eviction brings the store down to this many bytes.
+    pub low_water: u64,
+    /// How long a blob a client was just told about is kept.
+    pub min_retention: Duration,
+}
+
+impl Default for CasOptions {
+    fn default() -> Self {
+        CasOptions {
+            fsync: false,
+            max_size: 0,
+            low_water: 0,
+            min_retention: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Blobs are stored read-only, so that nothing handed a hardlink can change them by accident.
 const BLOB_MODE: u32 = 0o444;
+/// The saved use order of the index, read at start-up.
+const ORDER_FILE: &str = "index.lru";
 
 impl Cas {
     /// Opens (creating if needed) the store under `data_dir`, removes crash leftovers and
-    /// indexes every blob present.
-    pub fn open(data_dir: &Path, fsync: bool) -> Result<Cas, Error> {
+    /// indexes every blob present, in the use order saved by the last run where known.
+    pub fn open(data_dir: &Path, options: CasOptions) -> Result<Cas, Error> {
         let blobs_dir = data_dir.join("cas");
         let tmp_dir = data_dir.join("tmp");
         ensure_private_dir(&tmp_dir)?;
@@ -50,47 +85,40 @@ impl Cas {
         clean_tmp(&tmp_dir)?;
         let cas = Cas {
             inner: Arc::new(Inner {
+                data_dir: data_dir.to_path_buf(),
                 blobs_dir,
                 tmp_dir,
                 index: Index::default(),
-                fsync,
+                options,
+                stats: CasStats::default(),
+                evicting: AtomicBool::new(false),
             }),
         };
+        let mut on_disk = HashSet::new();
         for &function in DigestFunction::ALL {
             let dir = cas.function_dir(function);
             for shard in 0..=255u8 {
                 let shard_dir = dir.join(format!("{shard:02x}"));
                 ensure_dir(&shard_dir)?;
-                cas.index_shard(function, &shard_dir)?;
+                list_shard(function, &shard_dir, &mut on_disk)?;
             }
+        }
+        // Saved order first (oldest first), then blobs the saved order does not know, which
+        // were written after it was saved and so are the most recent.
+        let saved = eviction::read_order(&data_dir.join(ORDER_FILE));
+        let known: Vec<Digest> = saved.into_iter().filter(|d| on_disk.remove(d)).collect();
+        cas.inner.index.load(known);
+        cas.inner.index.load(on_disk);
+        for &function in DigestFunction::ALL {
             // The empty blob is always present; keep a real file so reads need no special case.
             cas.put(&Digest::empty(function), &[])?;
         }
+        cas.maybe_evict();
         Ok(cas)
     }
 
     fn function_dir(&self, function: DigestFunction) -> PathBuf {
         self.inner.blobs_dir.join(function.name())
-    }
-
-    fn index_shard(&self, function: DigestFunction, shard_dir: &Path) -> Result<(), Error> {
-        let entries = fs::read_dir(shard_dir)
-            .map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
-            let name = entry.file_name();
-            match name
-                .to_str()
-                .and_then(|n| parse_blob_file_name(function, n))
-            {
-                Some(digest) => self.inner.index.insert(digest),
-                None => {
-                    tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a blob")
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Where a blob lives on disk (whether or not it is present).
@@ -107,34 +135,113 @@ impl Cas {
         &self.inner.index
     }
 
+    pub fn stats(&self) -> &CasStats {
+        &self.inner.stats
+    }
+
+    /// The data directory the store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    pub fn options(&self) -> &CasOptions {
+        &self.inner.options
+    }
+
     pub fn contains(&self, digest: &Digest) -> bool {
         self.inner.index.touch(digest)
     }
 
-    /// The digests that are not stored; present ones count as used.
-    pub fn find_missing<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Vec<Digest> {
-        self.inner.index.missing(digests)
+    fn pin_deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.inner.options.min_retention)
     }
 
-    /// Opens a stored blob for reading; `None` if it is not stored.
+    /// The digests that are not stored. Present ones count as used and are kept for at least
+    /// the minimum retention time, since the caller is about to tell a client they exist.
+    pub fn find_missing<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Vec<Digest> {
+        let digests: Vec<&Digest> = digests.into_iter().collect();
+        let missing = self
+            .inner
+            .index
+            .missing(digests.iter().copied(), self.pin_deadline());
+        CasStats::add(&self.inner.stats.misses, missing.len() as u64);
+        CasStats::add(
+            &self.inner.stats.hits,
+            (digests.len() - missing.len()) as u64,
+        );
+        missing
+    }
+
+    /// Keeps present blobs for at least the minimum retention time (outputs just reported).
+    pub fn pin<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        self.inner.index.missing(digests, self.pin_deadline());
+    }
+
+    /// Keeps the blobs from eviction until the returned guard is dropped.
+    pub fn lease(&self, digests: Vec<Digest>) -> Lease {
+        self.inner.index.lease(&digests, false);
+        Lease {
+            cas: self.clone(),
+            digests,
+        }
+    }
+
+    /// Opens a stored blob for reading; `None` if it is not stored or turned out damaged.
     pub fn open_blob(&self, digest: &Digest) -> Result<Option<File>, Error> {
-        if !self.inner.index.touch(digest) {
+        if !self.inner.index.touch(digest) || !self.ensure_verified(digest)? {
+            CasStats::add(&self.inner.stats.misses, 1);
             return Ok(None);
         }
         let path = self.blob_path(digest);
         match File::open(&path) {
-            Ok(file) => Ok(Some(file)),
+            Ok(file) => {
+                CasStats::add(&self.inner.stats.hits, 1);
+                Ok(Some(file))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Removed behind our back: forget it rather than fail every later read.
                 tracing::warn!(%digest, "blob vanished from disk; dropping it from the index");
                 self.inner.index.remove(digest);
+                CasStats::add(&self.inner.stats.misses, 1);
                 Ok(None)
             }
             Err(e) => Err(Error::io(format!("opening blob {digest}"), e)),
         }
     }
 
-    /// Reads a whole blob into memory; for small blobs (batch reads, protos).
+    /// Checks, once per process lifetime, that a blob found on disk at start-up still hashes
+    /// to its name; a damaged one is removed. Returns whether the blob is present and sound.
+    pub fn ensure_verified(&self, digest: &Digest) -> Result<bool, Error> {
+        match self.inner.index.is_verified(digest) {
+            None => return Ok(false),
+            Some(true) => return Ok(true),
+            Some(false) => {}
+        }
+        let path = self.blob_path(digest);
+        let actual = match hash_file(&path, digest.function()) {
+            Ok(actual) => actual,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.inner.index.remove(digest);
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::io(format!("verifying blob {digest}"), e)),
+        };
+        if actual != *digest {
+            self.report_corrupt(digest, &actual);
+            return Ok(false);
+        }
+        self.inner.index.mark_verified(digest);
+        Ok(true)
+    }
+
+    fn report_corrupt(&self, digest: &Digest, actual: &Digest) {
+        tracing::error!(%digest, %actual, "stored blob does not match its digest; removing it");
+        CasStats::add(&self.inner.stats.corrupt, 1);
+        self.discard(digest);
+    }
+
+    /// Reads a whole blob into memory, checking its hash; for small blobs (batch reads,
+    /// protos). A damaged blob is removed and reported absent.
     pub fn read(&self, digest: &Digest) -> Result<Option<Bytes>, Error> {
         let Some(mut file) = self.open_blob(digest)? else {
             return Ok(None);
@@ -142,11 +249,12 @@ impl Cas {
         let mut data = Vec::with_capacity(digest.size() as usize);
         file.read_to_end(&mut data)
             .map_err(|e| Error::io(format!("reading blob {digest}"), e))?;
-        if data.len() as u64 != digest.size() {
-            tracing::error!(%digest, actual = data.len(), "stored blob has the wrong size; removing it");
-            self.discard(digest);
+        let actual = Digest::of(digest.function(), &data);
+        if actual != *digest {
+            self.report_corrupt(digest, &actual);
             return Ok(None);
         }
+        CasStats::add(&self.inner.stats.bytes_out, data.len() as u64);
         Ok(Some(Bytes::from(data)))
     }
 
@@ -163,7 +271,7 @@ impl Cas {
         writer
             .file
             .write_all(data)
-            .map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
+            .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
         writer.written = data.len() as u64;
         writer.hasher = None;
         writer.commit()
@@ -175,7 +283,7 @@ impl Cas {
             .prefix("upload-")
             .permissions(Permissions::from_mode(BLOB_MODE))
             .tempfile_in(&self.inner.tmp_dir)
-            .map_err(|e| Error::io("creating an upload file", e))?;
+            .map_err(|e| self.write_error("creating an upload file", e))?;
         Ok(BlobWriter {
             cas: self.clone(),
             expected: *digest,
@@ -185,67 +293,91 @@ impl Cas {
         })
     }
 
-    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
-    /// digest. The file is hardlinked into place (copied where a link is refused) and made
-    /// read-only; it must not change afterwards.
-    pub fn adopt_file(&self, path: &Path, function: DigestFunction) -> Result<Digest, Error> {
-        let mut file =
-            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let mut hasher = function.hasher();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
+    /// Maps a write failure and, when the disk is full, frees space for the next attempt.
+    fn write_error(&self, context: impl std::fmt::Display, err: io::Error) -> Error {
+        self.on_write_failure(&err);
+        Error::io(context, err)
+    }
+
+    fn on_write_failure(&self, err: &io::Error) {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
+            let total = self.inner.index.total_bytes();
+            tracing::error!(
+                total,
+                "disk full while writing; evicting a tenth of the store"
+            );
+            self.evict_down_to(total - total / 10);
         }
-        let digest = hasher.finish(size);
+    }
+
+    /// Makes a verified temp file visible as `digest`, atomically with the index.
+    fn publish(&self, digest: &Digest, tmp: tempfile::NamedTempFile) -> Result<(), Error> {
+        let dest = self.blob_path(digest);
+        self.inner
+            .index
+            .insert_with(*digest, true, || tmp.persist(&dest).map_err(|e| e.error))
+            .map_err(|e| self.write_error(format!("storing blob {digest}"), e))?;
+        CasStats::add(&self.inner.stats.bytes_in, digest.size());
+        self.maybe_evict();
+        Ok(())
+    }
+
+    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
+    /// digest. The file is hardlinked into place (copied where a link is refused), made
+    /// read-only and owned by the server; it must not change afterwards.
+    pub fn adopt_file(&self, path: &Path, function: DigestFunction) -> Result<Digest, Error> {
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let digest = hash_reader(&file, function)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if self.inner.index.touch(&digest) {
             return Ok(digest);
         }
-        if self.inner.fsync {
+        if self.inner.options.fsync {
             file.sync_data()
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
         }
         // A file made by an action under another uid stays that uid's to chmod and rewrite;
         // a blob must belong to the server alone.
-        let owner = file
+        let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
         let (uid, gid) = (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        if std::os::unix::fs::MetadataExt::uid(&owner) != uid {
+        if std::os::unix::fs::MetadataExt::uid(&meta) != uid {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                 .map_err(|e| Error::io(format!("taking ownership of {}", path.display()), e))?;
         }
         fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
             .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
         let dest = self.blob_path(&digest);
-        match fs::hard_link(path, &dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(_) => {
-                // Links refused (another filesystem, link limit): copy through a temp file.
-                let tmp = self
-                    .inner
-                    .tmp_dir
-                    .join(format!("adopt-{}", uuid::Uuid::new_v4()));
-                fs::copy(path, &tmp)
-                    .and_then(|_| fs::rename(&tmp, &dest))
-                    .map_err(|e| {
-                        let _ = fs::remove_file(&tmp);
-                        Error::io(format!("storing output {}", path.display()), e)
-                    })?;
-            }
+        let linked =
+            self.inner
+                .index
+                .insert_with(digest, true, || match fs::hard_link(path, &dest) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+                    Err(_) => Ok(false),
+                });
+        if !linked.unwrap_or(false) {
+            // Links refused (another filesystem, link limit): copy through a temp file.
+            let tmp = tempfile::Builder::new()
+                .prefix("adopt-")
+                .permissions(Permissions::from_mode(BLOB_MODE))
+                .tempfile_in(&self.inner.tmp_dir)
+                .map_err(|e| self.write_error("creating a temp file", e))?;
+            fs::copy(path, tmp.path())
+                .map_err(|e| self.write_error(format!("storing output {}", path.display()), e))?;
+            self.publish(&digest, tmp)?;
+            return Ok(digest);
         }
-        self.inner.index.insert(digest);
+        CasStats::add(&self.inner.stats.bytes_in, digest.size());
+        self.maybe_evict();
         Ok(digest)
     }
 
@@ -254,12 +386,117 @@ impl Cas {
         self.inner.index.remove(digest);
         let _ = fs::remove_file(self.blob_path(digest));
     }
+
+    /// Evicts down to the low-water mark if the store is over its budget. One thread evicts
+    /// at a time; the others carry on.
+    fn maybe_evict(&self) {
+        let max = self.inner.options.max_size;
+        if max == 0 || self.inner.index.total_bytes() <= max {
+            return;
+        }
+        self.evict_down_to(self.inner.options.low_water);
+    }
+
+    /// Removes least recently used, unpinned, unleased blobs until at most `target` bytes
+    /// remain (or nothing more may go).
+    pub fn evict_down_to(&self, target: u64) {
+        if self.inner.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let total = self.inner.index.total_bytes();
+        if total > target {
+            let (count, bytes) = eviction::evict(self, total - target);
+            if count > 0 {
+                CasStats::add(&self.inner.stats.evictions, count);
+                CasStats::add(&self.inner.stats.evicted_bytes, bytes);
+                tracing::info!(
+                    count,
+                    bytes,
+                    remaining = self.inner.index.total_bytes(),
+                    "evicted blobs"
+                );
+            }
+            if self.inner.index.total_bytes() > self.inner.options.max_size.max(target) {
+                tracing::warn!(
+                    total = self.inner.index.total_bytes(),
+                    "the store stays over budget: the rest is pinned or in use"
+                );
+            }
+        }
+        self.inner.evicting.store(false, Ordering::Release);
+    }
+
+    /// Saves the index's use order so a restart keeps LRU order.
+    pub fn save_order(&self) -> Result<(), Error> {
+        let order = self.inner.index.order();
+        eviction::write_order(
+            &self.inner.tmp_dir,
+            &self.inner.data_dir.join(ORDER_FILE),
+            &order,
+        )
+    }
+}
+
+/// Holds blobs in the CAS (no eviction) while alive.
+pub struct Lease {
+    cas: Cas,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.cas.inner.index.lease(&self.digests, true);
+    }
+}
+
+/// Hashes a file's whole content.
+pub fn hash_file(path: &Path, function: DigestFunction) -> io::Result<Digest> {
+    hash_reader(&File::open(path)?, function)
+}
+
+fn hash_reader(mut reader: impl Read, function: DigestFunction) -> io::Result<Digest> {
+    let mut hasher = function.hasher();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish(size));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
 }
 
 fn mismatch(expected: &Digest, actual: &Digest) -> Error {
     Error::InvalidArgument(format!(
         "uploaded data does not match its digest: expected {expected}, got {actual}"
     ))
+}
+
+fn list_shard(
+    function: DigestFunction,
+    shard_dir: &Path,
+    out: &mut HashSet<Digest>,
+) -> Result<(), Error> {
+    let entries = fs::read_dir(shard_dir)
+        .map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
+        let name = entry.file_name();
+        match name
+            .to_str()
+            .and_then(|n| parse_blob_file_name(function, n))
+        {
+            Some(digest) => {
+                out.insert(digest);
+            }
+            None => {
+                tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a blob")
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_blob_file_name(function: DigestFunction, name: &str) -> Option<Digest> {
@@ -329,20 +566,17 @@ impl BlobWriter {
                 return Err(mismatch(&expected, &actual));
             }
         }
+        let cas = self.cas;
         let tmp = self
             .file
             .into_inner()
-            .map_err(|e| Error::io(format!("writing blob {expected}"), e.into_error()))?;
-        if self.cas.inner.fsync {
+            .map_err(|e| cas.write_error(format!("writing blob {expected}"), e.into_error()))?;
+        if cas.inner.options.fsync {
             tmp.as_file()
                 .sync_data()
-                .map_err(|e| Error::io(format!("syncing blob {expected}"), e))?;
+                .map_err(|e| cas.write_error(format!("syncing blob {expected}"), e))?;
         }
-        let dest = self.cas.blob_path(&expected);
-        tmp.persist(&dest)
-            .map_err(|e| Error::io(format!("storing blob {expected}"), e.error))?;
-        self.cas.inner.index.insert(expected);
-        Ok(())
+        cas.publish(&expected, tmp)
     }
 }
 
@@ -357,7 +591,10 @@ impl Write for BlobWriter {
                 ),
             ));
         }
-        let n = self.file.write(buf)?;
+        let n = self
+            .file
+            .write(buf)
+            .inspect_err(|e| self.cas.on_write_failure(e))?;
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&buf[..n]);
         }
@@ -381,7 +618,7 @@ mod tests {
     #[test]
     fn put_read_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let cas = Cas::open(dir.path(), false).unwrap();
+        let cas = Cas::open(dir.path(), CasOptions::default()).unwrap();
         let d = sha(b"hello");
         assert!(!cas.contains(&d));
         cas.put(&d, b"hello").unwrap();
@@ -395,7 +632,7 @@ mod tests {
         // A leftover upload and a complete blob; reopening keeps one and drops the other.
         fs::write(dir.path().join("tmp/upload-crashed"), b"partial").unwrap();
         drop(cas);
-        let cas = Cas::open(dir.path(), false).unwrap();
+        let cas = Cas::open(dir.path(), CasOptions::default()).unwrap();
         assert!(cas.contains(&d));
         assert!(cas.contains(&Digest::empty(DigestFunction::Sha256)));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -404,7 +641,7 @@ mod tests {
     #[test]
     fn put_rejects_wrong_content() {
         let dir = tempfile::tempdir().unwrap();
-        let cas = Cas::open(dir.path(), false).unwrap();
+        let cas = Cas::open(dir.path(), CasOptions::default()).unwrap();
         let d = sha(b"hello");
         assert!(matches!(
             cas.put(&d, b"hellO"),
@@ -416,7 +653,14 @@ mod tests {
     #[test]
     fn streamed_writer_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let cas = Cas::open(dir.path(), true).unwrap();
+        let cas = Cas::open(
+            dir.path(),
+            CasOptions {
+                fsync: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let d = sha(b"hello world");
         let mut w = cas.writer(&d).unwrap();
         w.write_all(b"hello ").unwrap();

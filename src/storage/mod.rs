@@ -3,11 +3,14 @@
 
 pub mod action_cache;
 pub mod cas;
+pub mod eviction;
 pub mod index;
+pub mod stats;
 pub mod tree;
+pub mod verify;
 
 pub use action_cache::ActionCache;
-pub use cas::{BlobWriter, Cas};
+pub use cas::{BlobWriter, Cas, CasOptions, Lease};
 
 use std::path::Path;
 

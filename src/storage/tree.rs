@@ -110,7 +110,8 @@ fn walk_tree(cas: &Cas, root: &Digest) -> Result<Vec<Directory>, Error> {
 }
 
 /// Every blob an action result refers to that is absent from the CAS, including the files
-/// inside output directory trees. Empty means the result is safe to serve.
+/// inside output directory trees; a tree blob that does not decode counts as absent. Empty
+/// means the result is safe to serve.
 pub fn missing_blobs_of_result(
     cas: &Cas,
     function: DigestFunction,
@@ -134,17 +135,17 @@ pub fn missing_blobs_of_result(
     for out in &result.output_directories {
         if let Some(tree_digest) = &out.tree_digest {
             let tree_digest = Digest::from_proto(function, tree_digest)?;
-            match read_message::<Tree>(cas, &tree_digest, "output tree")? {
-                Some(tree) => {
-                    let files = tree
-                        .root
-                        .iter()
-                        .chain(&tree.children)
-                        .flat_map(|d| &d.files)
-                        .map(|f| Digest::from_required(function, f.digest.as_ref(), "tree file"))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    missing.extend(cas.find_missing(&files));
-                }
+            let files = read_usable::<Tree>(cas, &tree_digest)?.and_then(|tree| {
+                tree.root
+                    .iter()
+                    .chain(&tree.children)
+                    .flat_map(|d| &d.files)
+                    .map(|f| Digest::from_required(function, f.digest.as_ref(), "tree file"))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()
+            });
+            match files {
+                Some(files) => missing.extend(cas.find_missing(&files)),
                 None => missing.push(tree_digest),
             }
         }
@@ -156,25 +157,48 @@ pub fn missing_blobs_of_result(
     Ok(missing)
 }
 
-/// Blobs missing under a tree stored as separate Directory blobs.
+/// A proto blob that an action result points at, or `None` if it is absent or does not decode.
+/// A stored result is client data: a garbled tree in it makes the result unusable (a miss,
+/// which the client repairs by running the action again), not the lookup an error.
+fn read_usable<M: Message + Default>(cas: &Cas, digest: &Digest) -> Result<Option<M>, Error> {
+    match read_message::<M>(cas, digest, "output tree") {
+        Err(Error::InvalidArgument(why)) => {
+            tracing::debug!(%digest, %why, "action result names an undecodable tree");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+/// Blobs missing (or unusable, reported as missing) under a tree stored as separate Directory
+/// blobs.
 fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>, Error> {
     let function = root.function();
     let mut missing = Vec::new();
     let mut seen = HashSet::from([*root]);
     let mut stack = vec![*root];
     while let Some(digest) = stack.pop() {
-        let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
+        let parsed = read_usable::<Directory>(cas, &digest)?.and_then(|dir| {
+            let files = dir
+                .files
+                .iter()
+                .map(|f| Digest::from_required(function, f.digest.as_ref(), "file"))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let children = dir
+                .directories
+                .iter()
+                .map(|d| Digest::from_required(function, d.digest.as_ref(), "subdirectory"))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            Some((files, children))
+        });
+        let Some((files, children)) = parsed else {
             missing.push(digest);
             continue;
         };
-        let files = dir
-            .files
-            .iter()
-            .map(|f| Digest::from_required(function, f.digest.as_ref(), "file"))
-            .collect::<Result<Vec<_>, _>>()?;
         missing.extend(cas.find_missing(&files));
-        for child in &dir.directories {
-            let child = Digest::from_required(function, child.digest.as_ref(), "subdirectory")?;
+        for child in children {
             if seen.insert(child) {
                 stack.push(child);
             }
