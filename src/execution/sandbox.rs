@@ -205,11 +205,11 @@ impl Sandbox {
         Ok(options)
     }
 
-    /// The uid and gid that worker `slot` runs actions as, if rexd can switch users (as root,
-    /// under bubblewrap; a plain process must reach its exec root inside the private data
-    /// directory, so it keeps rexd's uid).
+    /// The uid and gid that worker `slot` runs actions as, if rexd can switch users (it is
+    /// root). Such an action owns its exec root but cannot write or chmod the CAS files it is
+    /// handed, and its process cap counts only its own processes.
     pub fn run_as(&self, slot: usize) -> Option<(u32, u32)> {
-        (self.is_root && matches!(self.backend, Backend::Bwrap(_))).then(|| {
+        self.is_root.then(|| {
             let id = self.config.run_as_uid_base + slot as u32;
             (id, id)
         })
@@ -306,11 +306,15 @@ impl Sandbox {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
+        // A plain process starts in its exec root (std changes directory before the
+        // pre-exec hook drops privileges), so it needs no mount to reach it.
         let enter = match (run_as, &self.backend) {
-            (Some(ids), Backend::Bwrap(_)) => {
-                Some(EnterExecRoot::new(exec_root, &self.mount_point, ids)?)
-            }
-            _ => None,
+            (Some(ids), Backend::Bwrap(_)) => Some(EnterExecRoot::new(
+                Some((exec_root, self.mount_point.as_path())),
+                ids,
+            )?),
+            (Some(ids), Backend::Plain) => Some(EnterExecRoot::new(None, ids)?),
+            (None, _) => None,
         };
         let nproc = run_as.map(|_| self.config.max_processes);
         let memory = self.config.memory_limit.map(|m| m.as_u64());
@@ -341,29 +345,28 @@ impl Sandbox {
 /// up in outputs (debug info, say) are the same on every run.
 pub const HOST_EXEC_ROOT: &str = "/tmp/rexd/root";
 
-/// Makes the exec root reachable by an unprivileged action uid: in the forked child, still
-/// root, enter a private mount namespace, bind the exec root onto a public mount point, then
-/// drop to the action's uid and gid.
+/// Drops an action to its uid in the forked child. Under bubblewrap it first makes the exec
+/// root reachable for that uid: still root, it enters a private mount namespace and binds
+/// the exec root onto a public mount point.
 struct EnterExecRoot {
-    source: std::ffi::CString,
-    target: std::ffi::CString,
+    /// Bind source and target, when a mount is needed.
+    mount: Option<(std::ffi::CString, std::ffi::CString)>,
     uid: u32,
     gid: u32,
 }
 
 impl EnterExecRoot {
-    fn new(exec_root: &Path, mount_point: &Path, (uid, gid): (u32, u32)) -> Result<Self, Error> {
+    fn new(mount: Option<(&Path, &Path)>, (uid, gid): (u32, u32)) -> Result<Self, Error> {
         use std::os::unix::ffi::OsStrExt;
         let c = |p: &Path| {
             std::ffi::CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| Error::Internal(format!("path {} contains NUL", p.display())))
         };
-        Ok(EnterExecRoot {
-            source: c(exec_root)?,
-            target: c(mount_point)?,
-            uid,
-            gid,
-        })
+        let mount = match mount {
+            Some((source, target)) => Some((c(source)?, c(target)?)),
+            None => None,
+        };
+        Ok(EnterExecRoot { mount, uid, gid })
     }
 
     /// Runs in the forked child before exec.
@@ -378,25 +381,53 @@ impl EnterExecRoot {
         };
         // SAFETY: raw syscalls with valid NUL-terminated strings owned by `self`.
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                self.source.as_ptr(),
-                self.target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))?;
+            if let Some((source, target)) = &self.mount {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;
         }
         Ok(())
+    }
+}
+
+/// Kills every process left running under `uid` (a plain-mode action's daemons that left its
+/// process group), by signalling all as that uid from a short-lived helper.
+pub fn kill_all_of_uid(uid: u32) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setgid/setuid/kill are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::libc;
+            if libc::setgid(uid) < 0 || libc::setuid(uid) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Signals every process this uid may signal, except the caller itself.
+            libc::kill(-1, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    match cmd.status() {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(uid, error = %e, "cannot clean up an action's processes"),
     }
 }

@@ -61,6 +61,10 @@ pub fn load(
     }
     let directories = load_tree(cas, &input_root, &mut missing)?;
     if !missing.is_empty() {
+        // One violation per blob: a missing directory may be named by several parents,
+        // and the same bytes may serve as a file, a directory and the command.
+        missing.sort_unstable();
+        missing.dedup();
         return Err(Error::MissingBlobs(missing));
     }
     let command = command.expect("checked above");

@@ -194,3 +194,29 @@ fn chown_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// For actions that run under rexd's own uid (which owns the CAS files it hardlinks into
+/// their exec roots): finds inputs whose content was written during the action, via their
+/// mtime, re-hashes them, and removes any that no longer match so they are never served.
+/// Returns the damaged digests.
+pub fn find_modified_inputs(
+    cas: &Cas,
+    inputs: &[Digest],
+    since: std::time::SystemTime,
+) -> Vec<Digest> {
+    let mut damaged = Vec::new();
+    for digest in inputs {
+        let path = cas.blob_path(digest);
+        let modified = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if modified
+            && !matches!(crate::storage::cas::hash_file(&path, digest.function()), Ok(d) if d == *digest)
+        {
+            tracing::error!(%digest, "an action wrote into its read-only input; removing the blob");
+            cas.discard(digest);
+            damaged.push(*digest);
+        }
+    }
+    damaged
+}

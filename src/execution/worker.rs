@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::execution::operations::OperationState;
 use crate::execution::outputs;
 use crate::execution::runner::{self, RunEnd};
-use crate::execution::sandbox::Sandbox;
+use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
 use crate::execution::stage::{self, ExecutableCache};
 use crate::proto::remote_execution::{ActionResult, ExecuteResponse, ExecutedActionMetadata};
@@ -132,7 +132,7 @@ async fn execute(
         .flat_map(|d| &d.files)
         .filter_map(|f| crate::digest::Digest::from_proto(function, f.digest.as_ref()?).ok())
         .collect();
-    let _inputs_lease = ctx.cas.lease(inputs);
+    let _inputs_lease = ctx.cas.lease(inputs.clone());
 
     // Prepare.
     metadata.input_fetch_start_timestamp = now();
@@ -162,7 +162,8 @@ async fn execute(
     metadata.input_fetch_completed_timestamp = now();
 
     // Execute.
-    metadata.execution_start_timestamp = now();
+    let started = SystemTime::now();
+    metadata.execution_start_timestamp = Some(started.into());
     let process = ctx
         .sandbox
         .command(&spec.command, &exec_root, &spec.options, run_as)?;
@@ -176,6 +177,29 @@ async fn execute(
     )
     .await;
     metadata.execution_completed_timestamp = now();
+    if let (Some((uid, _)), Backend::Plain) = (run_as, &ctx.sandbox.backend) {
+        // Without a pid namespace, a daemon that left the process group lives on; its uid
+        // gives it away.
+        blocking(move || {
+            kill_all_of_uid(uid);
+            Ok(())
+        })
+        .await?;
+    }
+    if run_as.is_none() {
+        // The action ran as the CAS's owner: make sure it did not write through its inputs.
+        let cas = ctx.cas.clone();
+        let damaged =
+            blocking(move || Ok(stage::find_modified_inputs(&cas, &inputs, started))).await?;
+        if !damaged.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "the action wrote into {} of its read-only inputs (first: {}); they were removed \
+                 from the CAS",
+                damaged.len(),
+                damaged[0]
+            )));
+        }
+    }
     let collect_outputs = matches!(end, Ok(RunEnd::Exited(_)));
     let (exit_code, mut status) = match end {
         Ok(RunEnd::Exited(code)) => (code, None),

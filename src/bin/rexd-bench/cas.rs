@@ -61,7 +61,7 @@ pub async fn batch(conn: &Conn, seed: u64, count: usize, concurrency: usize) -> 
         }],
         headline: format!("{rate:.0} blobs/s"),
         detail: format!(
-            "{count} blobs of {}-{} B ({:.1} MB/s) in {request_count} requests of <= {} B, \
+            "{count} blobs of {}-{} B ({:.1} MB/s) in {request_count} request(s) of <= {} B, \
              {concurrency} in flight, {:.3} s",
             SMALL_BLOB.0,
             SMALL_BLOB.1,

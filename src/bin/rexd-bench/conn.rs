@@ -59,7 +59,9 @@ impl Conn {
         let cache = caps.cache_capabilities.unwrap_or_default();
         let sha256 = re::digest_function::Value::Sha256 as i32;
         if !cache.digest_functions.is_empty() && !cache.digest_functions.contains(&sha256) {
-            return Err("the server does not offer SHA-256, the only function rexd-bench uses".into());
+            return Err(
+                "the server does not offer SHA-256, the only function rexd-bench uses".into(),
+            );
         }
         let advertised = cache.max_batch_total_size_bytes.max(0) as usize;
         let version = caps.high_api_version.unwrap_or_default();
@@ -67,17 +69,23 @@ impl Conn {
             endpoint,
             channel,
             instance: instance.to_string(),
-            batch_limit: if advertised == 0 { DEFAULT_BATCH_LIMIT } else { advertised },
-            exec_enabled: caps
-                .execution_capabilities
-                .is_some_and(|e| e.exec_enabled),
+            batch_limit: if advertised == 0 {
+                DEFAULT_BATCH_LIMIT
+            } else {
+                advertised
+            },
+            exec_enabled: caps.execution_capabilities.is_some_and(|e| e.exec_enabled),
             api_version: format!("{}.{}", version.major, version.minor),
         })
     }
 
     /// A second, independent HTTP/2 connection (for parallel streams).
     pub async fn new_connection(&self) -> Result<Channel> {
-        Ok(self.endpoint.connect().await.map_err(|e| format!("connecting: {e}"))?)
+        Ok(self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting: {e}"))?)
     }
 
     pub fn cas(&self) -> ContentAddressableStorageClient<Channel> {

@@ -107,7 +107,11 @@ pub async fn execute(
             .into_inner();
         let mut name = String::new();
         loop {
-            match stream.message().await.map_err(|e| format!("Execute: {e}"))? {
+            match stream
+                .message()
+                .await
+                .map_err(|e| format!("Execute: {e}"))?
+            {
                 Some(op) if op.done => return finished(op.result),
                 Some(op) => name = op.name,
                 None if name.is_empty() => {
@@ -134,16 +138,25 @@ fn finished(result: Option<operation::Result>) -> Result<re::ExecuteResponse> {
     let any = match result {
         Some(operation::Result::Response(any)) => any,
         Some(operation::Result::Error(status)) => {
-            return Err(format!("operation failed: code {}: {}", status.code, status.message).into());
+            return Err(
+                format!("operation failed: code {}: {}", status.code, status.message).into(),
+            );
         }
         None => return Err("a done operation without a result".into()),
     };
     let response = re::ExecuteResponse::decode(&any.value[..])
         .map_err(|e| format!("decoding the ExecuteResponse: {e}"))?;
     if let Some(status) = response.status.as_ref().filter(|s| s.code != 0) {
-        return Err(format!("the action failed: code {}: {}", status.code, status.message).into());
+        return Err(format!(
+            "the action failed: code {}: {}",
+            status.code, status.message
+        )
+        .into());
     }
-    let result = response.result.as_ref().ok_or("an ExecuteResponse without a result")?;
+    let result = response
+        .result
+        .as_ref()
+        .ok_or("an ExecuteResponse without a result")?;
     if result.exit_code != 0 {
         return Err(format!(
             "/bin/true exited {}: {}",
@@ -175,14 +188,34 @@ struct Phases {
 
 impl Phases {
     fn add(&mut self, response: &re::ExecuteResponse) {
-        let Some(m) = response.result.as_ref().and_then(|r| r.execution_metadata.as_ref()) else {
+        let Some(m) = response
+            .result
+            .as_ref()
+            .and_then(|r| r.execution_metadata.as_ref())
+        else {
             return;
         };
         let pairs = [
-            (&mut self.queued, &m.queued_timestamp, &m.worker_start_timestamp),
-            (&mut self.fetch, &m.input_fetch_start_timestamp, &m.input_fetch_completed_timestamp),
-            (&mut self.run, &m.execution_start_timestamp, &m.execution_completed_timestamp),
-            (&mut self.upload, &m.output_upload_start_timestamp, &m.output_upload_completed_timestamp),
+            (
+                &mut self.queued,
+                &m.queued_timestamp,
+                &m.worker_start_timestamp,
+            ),
+            (
+                &mut self.fetch,
+                &m.input_fetch_start_timestamp,
+                &m.input_fetch_completed_timestamp,
+            ),
+            (
+                &mut self.run,
+                &m.execution_start_timestamp,
+                &m.execution_completed_timestamp,
+            ),
+            (
+                &mut self.upload,
+                &m.output_upload_start_timestamp,
+                &m.output_upload_completed_timestamp,
+            ),
         ];
         for (samples, a, b) in pairs {
             if let Some(ms) = span(a, b) {
@@ -268,7 +301,9 @@ pub async fn noop(conn: &Conn, env: &ExecEnv, count: usize) -> Result<Outcome> {
         env.warmup,
         phases.describe()
     );
-    let params = Json::obj().with("actions", count).with("warmup", env.warmup);
+    let params = Json::obj()
+        .with("actions", count)
+        .with("warmup", env.warmup);
     Ok(latency_outcome(
         &["exec_noop_median_ms", "exec_noop_p95_ms"],
         &latencies,
@@ -299,7 +334,9 @@ pub async fn cached(conn: &Conn, env: &ExecEnv, count: usize) -> Result<Outcome>
     }
     let latencies = Latencies::new(&samples);
     let detail = format!("{count} cache hits after {} warm-up", env.warmup);
-    let params = Json::obj().with("executes", count).with("warmup", env.warmup);
+    let params = Json::obj()
+        .with("executes", count)
+        .with("warmup", env.warmup);
     Ok(latency_outcome(
         &["exec_cached_median_ms", "exec_cached_p95_ms"],
         &latencies,

@@ -33,7 +33,11 @@ impl Json {
 
 impl From<f64> for Json {
     fn from(v: f64) -> Self {
-        if v.is_finite() { Json::Num(v) } else { Json::Null }
+        if v.is_finite() {
+            Json::Num(v)
+        } else {
+            Json::Null
+        }
     }
 }
 

@@ -49,10 +49,6 @@ impl Latencies {
         Latencies(samples)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Nearest-rank percentile in milliseconds (`p` in 0..=100).
     pub fn percentile(&self, p: f64) -> f64 {
         if self.0.is_empty() {

@@ -90,7 +90,10 @@ pub async fn stage(
         round_trips.push(elapsed);
         let metadata = response.result.and_then(|r| r.execution_metadata);
         if let Some(ms) = metadata.and_then(|m| {
-            exec::span(&m.input_fetch_start_timestamp, &m.input_fetch_completed_timestamp)
+            exec::span(
+                &m.input_fetch_start_timestamp,
+                &m.input_fetch_completed_timestamp,
+            )
         }) {
             staging.push(ms);
         }
@@ -142,6 +145,9 @@ mod tests {
 
     #[test]
     fn widths() {
-        assert_eq!((digits(1), digits(10), digits(11), digits(10_000)), (1, 1, 2, 4));
+        assert_eq!(
+            (digits(1), digits(10), digits(11), digits(10_000)),
+            (1, 1, 2, 4)
+        );
     }
 }

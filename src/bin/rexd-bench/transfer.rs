@@ -41,7 +41,8 @@ pub async fn upload(
         let (body, warmup_body, salts) = (body.clone(), warmup_body.clone(), salts.clone());
         tokio::task::spawn_blocking(move || {
             let warmup = salted_digest(&salts[0], &warmup_body);
-            let blobs: Vec<re::Digest> = salts[1..].iter().map(|s| salted_digest(s, &body)).collect();
+            let blobs: Vec<re::Digest> =
+                salts[1..].iter().map(|s| salted_digest(s, &body)).collect();
             (warmup, blobs)
         })
         .await?
@@ -131,7 +132,9 @@ pub async fn download(conn: &Conn, uploaded: &Uploaded) -> Result<Outcome> {
 /// Reads the blob `d` to its end; a separate thread hashes the chunks as they arrive, so
 /// verification overlaps the transfer instead of following it.
 async fn read_verified(
-    mut client: rexd::proto::bytestream::byte_stream_client::ByteStreamClient<tonic::transport::Channel>,
+    mut client: rexd::proto::bytestream::byte_stream_client::ByteStreamClient<
+        tonic::transport::Channel,
+    >,
     prefix: &str,
     d: &re::Digest,
 ) -> Result<()> {
