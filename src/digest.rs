@@ -12,11 +12,13 @@ use crate::proto::remote_execution as re;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DigestFunction {
     Sha256,
+    /// Several times faster than SHA-256; always named explicitly in resource names.
+    Blake3,
 }
 
 impl DigestFunction {
     /// Every function the server offers, in the order Capabilities lists them.
-    pub const ALL: &'static [DigestFunction] = &[DigestFunction::Sha256];
+    pub const ALL: &'static [DigestFunction] = &[DigestFunction::Sha256, DigestFunction::Blake3];
 
     /// Maps a request's `digest_function` field. UNKNOWN (0) means "the default", SHA-256, as the
     /// spec asks of servers that support it.
@@ -25,6 +27,7 @@ impl DigestFunction {
             Ok(re::digest_function::Value::Unknown | re::digest_function::Value::Sha256) => {
                 Ok(DigestFunction::Sha256)
             }
+            Ok(re::digest_function::Value::Blake3) => Ok(DigestFunction::Blake3),
             Ok(other) => Err(Error::InvalidArgument(format!(
                 "digest function {} is not supported; this server supports: {}",
                 other.as_str_name(),
@@ -39,6 +42,7 @@ impl DigestFunction {
     pub fn to_proto(self) -> re::digest_function::Value {
         match self {
             DigestFunction::Sha256 => re::digest_function::Value::Sha256,
+            DigestFunction::Blake3 => re::digest_function::Value::Blake3,
         }
     }
 
@@ -46,6 +50,7 @@ impl DigestFunction {
     pub fn name(self) -> &'static str {
         match self {
             DigestFunction::Sha256 => "sha256",
+            DigestFunction::Blake3 => "blake3",
         }
     }
 
@@ -54,7 +59,8 @@ impl DigestFunction {
         Self::ALL.iter().copied().find(|f| f.name() == name)
     }
 
-    /// Picks the function from the hash length, for resource names that omit it.
+    /// Picks the function from the hash length, for resource names that omit it (the spec
+    /// allows omitting it only for the older functions, so BLAKE3 is never inferred).
     pub fn from_hash_len(len: usize) -> Option<Self> {
         match len {
             64 => Some(DigestFunction::Sha256),
@@ -65,6 +71,7 @@ impl DigestFunction {
     pub fn hasher(self) -> Hasher {
         match self {
             DigestFunction::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            DigestFunction::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
         }
     }
 
@@ -162,6 +169,15 @@ impl Digest {
         self.size == 0
     }
 
+    /// `blobs/[{function}/]{hash}/{size}`: the function is named only where the spec says it
+    /// cannot be inferred from the hash length.
+    pub fn blob_path(&self) -> String {
+        match self.function {
+            DigestFunction::Sha256 => format!("blobs/{self}"),
+            other => format!("blobs/{}/{self}", other.name()),
+        }
+    }
+
     pub fn to_proto(&self) -> re::Digest {
         re::Digest {
             hash: self.hash_hex(),
@@ -187,12 +203,16 @@ impl fmt::Debug for Digest {
 #[derive(Clone)]
 pub enum Hasher {
     Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
 }
 
 impl Hasher {
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
         }
     }
 
@@ -202,6 +222,11 @@ impl Hasher {
             Hasher::Sha256(h) => Digest {
                 function: DigestFunction::Sha256,
                 hash: h.finalize().into(),
+                size,
+            },
+            Hasher::Blake3(h) => Digest {
+                function: DigestFunction::Blake3,
+                hash: *h.finalize().as_bytes(),
                 size,
             },
         }
@@ -220,6 +245,16 @@ mod tests {
         assert_eq!(d.hash_hex(), EMPTY_SHA256);
         assert_eq!(d.size(), 0);
         assert!(d.is_empty_blob());
+    }
+
+    #[test]
+    fn blake3_empty_digest() {
+        let d = Digest::empty(DigestFunction::Blake3);
+        assert_eq!(
+            d.hash_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_ne!(d, Digest::empty(DigestFunction::Sha256));
     }
 
     #[test]
@@ -254,6 +289,7 @@ mod tests {
             DigestFunction::from_proto(1).unwrap(),
             DigestFunction::Sha256
         );
+        assert_eq!(DigestFunction::from_proto(9).unwrap(), DigestFunction::Blake3);
         assert!(DigestFunction::from_proto(3).is_err());
         assert!(DigestFunction::from_proto(999).is_err());
     }

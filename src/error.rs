@@ -109,7 +109,7 @@ impl Error {
                         .iter()
                         .map(|d| rpc::precondition_failure::Violation {
                             r#type: "MISSING".to_string(),
-                            subject: format!("blobs/{d}"),
+                            subject: d.blob_path(),
                             description: String::new(),
                         })
                         .collect(),

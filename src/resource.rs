@@ -169,6 +169,12 @@ mod tests {
         let r = ResourceName::parse_read(&format!("main/blobs/sha256/{H}/0")).unwrap();
         assert_eq!(r.instance, "main");
         assert_eq!(r.digest.function(), DigestFunction::Sha256);
+
+        let r = ResourceName::parse_read(&format!("blobs/blake3/{H}/0")).unwrap();
+        assert_eq!(r.digest.function(), DigestFunction::Blake3);
+        let r = ResourceName::parse_write(&format!("i/uploads/u/compressed-blobs/zstd/blake3/{H}/0"))
+            .unwrap();
+        assert_eq!(r.digest.function(), DigestFunction::Blake3);
     }
 
     #[test]
