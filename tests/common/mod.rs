@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod bazel;
+pub mod bst;
+pub mod exec;
 
 use std::net::SocketAddr;
 
