@@ -38,12 +38,26 @@ pub struct Config {
     /// Log filter used when `RUST_LOG` is not set.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` for people, `json` (one object per line) for log pipelines.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub execution: ExecutionConfig,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// The Remote Asset API (Fetch and Push).
+    #[serde(default)]
+    pub asset: AssetConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The instance names served; requests naming any other are rejected.
     #[serde(default = "default_instances")]
     pub instances: Vec<InstanceConfig>,
@@ -153,6 +167,15 @@ impl ExecutionConfig {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// How actions are isolated from the host and from each other.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -194,6 +217,84 @@ impl Default for SandboxConfig {
             max_processes: 4096,
             max_output_size: ByteSize::gib(16),
             memory_limit: None,
+        }
+    }
+}
+
+/// Bearer tokens; with none, authentication is off.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<crate::auth::TokenConfig>,
+}
+
+/// TLS for the gRPC port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The Prometheus and health HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address serving `/metrics` and `/healthz` over plain HTTP; unset means off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Back-pressure: bounds that keep a flood of requests from growing memory without bound.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent gRPC streams one connection may open.
+    pub max_streams_per_connection: u32,
+    /// Requests served at once over all connections; more wait.
+    pub max_concurrent_requests: usize,
+    /// Largest blob accepted; 0 means no limit beyond the disk budget.
+    pub max_blob_size: ByteSize,
+    /// On SIGTERM, how long running actions may take to finish before they are cancelled.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_streams_per_connection: 1024,
+            max_concurrent_requests: 4096,
+            max_blob_size: ByteSize::b(0),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// The Remote Asset API: whether FetchBlob may download from origin, and within what bounds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssetConfig {
+    /// FetchBlob downloads http(s) URIs it has no reference for; off, it only answers from
+    /// references pushed or downloaded earlier.
+    pub allow_downloads: bool,
+    /// Host names (or IP addresses) downloads may come from; empty means any host.
+    pub allowed_hosts: Vec<String>,
+    /// Longest one download may take, connection to last byte.
+    pub download_timeout_secs: u64,
+    /// Largest download accepted.
+    pub max_download_size: ByteSize,
+}
+
+impl Default for AssetConfig {
+    fn default() -> Self {
+        AssetConfig {
+            allow_downloads: false,
+            allowed_hosts: Vec::new(),
+            download_timeout_secs: 600,
+            max_download_size: ByteSize::gib(4),
         }
     }
 }
@@ -333,6 +434,9 @@ impl Config {
                 exec.default_timeout_secs, exec.max_timeout_secs
             ));
         }
+        if self.asset.download_timeout_secs == 0 {
+            return invalid("asset.download_timeout_secs must be at least 1".into());
+        }
         if exec.max_queued == 0 {
             return invalid("execution.max_queued must be at least 1".into());
         }
@@ -378,6 +482,10 @@ mod tests {
         assert_eq!(c.storage, StorageConfig::default());
         assert_eq!(c.execution, ExecutionConfig::default());
         assert_eq!(c.sandbox, SandboxConfig::default());
+        assert_eq!(c.asset, AssetConfig::default());
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert!(c.auth.tokens.is_empty() && c.tls.is_none());
         assert!(c.data_dir.is_none());
     }
 

@@ -289,7 +289,10 @@ mod tests {
             DigestFunction::from_proto(1).unwrap(),
             DigestFunction::Sha256
         );
-        assert_eq!(DigestFunction::from_proto(9).unwrap(), DigestFunction::Blake3);
+        assert_eq!(
+            DigestFunction::from_proto(9).unwrap(),
+            DigestFunction::Blake3
+        );
         assert!(DigestFunction::from_proto(3).is_err());
         assert!(DigestFunction::from_proto(999).is_err());
     }

@@ -33,6 +33,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Cancelled(String),
+    /// A consistency check failed (e.g. a download does not match its `checksum.sri`).
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
@@ -84,6 +87,7 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::Aborted(_) => Code::Aborted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Unimplemented(_) => Code::Unimplemented,
@@ -117,6 +121,19 @@ impl Error {
                 vec![prost_types::Any {
                     type_url: "type.googleapis.com/google.rpc.PreconditionFailure".to_string(),
                     value: failure.encode_to_vec(),
+                }]
+            }
+            // Queue full, disk full: worth retrying after a pause, which RetryInfo says.
+            Error::ResourceExhausted(_) => {
+                let info = rpc::RetryInfo {
+                    retry_delay: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                };
+                vec![prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.RetryInfo".to_string(),
+                    value: info.encode_to_vec(),
                 }]
             }
             _ => Vec::new(),

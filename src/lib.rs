@@ -6,16 +6,20 @@
 //! an in-process scheduler with local workers.
 //!
 //! # Layout
+//! - [`auth`]: bearer tokens and per-instance roles.
 //! - [`config`]: the TOML configuration, validated once at start-up.
 //! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
 //! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks.
+//! - [`asset`]: the Remote Asset API's references and downloads from origin.
 //! - [`execution`]: action specs, the scheduler, operations and the local workers.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
 //! - [`error`]: the crate error and its single mapping onto gRPC statuses.
 //! - [`proto`]: generated protobuf and gRPC code.
 
+pub mod asset;
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -98,7 +98,7 @@ fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.log_level);
+    init_logging(&config);
     let data_dir = config.data_dir();
     let result = rexd::storage::Cas::open(&data_dir, config.storage.cas_options())
         .and_then(|cas| rexd::storage::verify::verify_all(&cas, !dry_run));
@@ -137,7 +137,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.log_level);
+    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -180,11 +180,14 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn init_logging(default_level: &str) {
+fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        rexd::config::LogFormat::Text => builder.init(),
+        rexd::config::LogFormat::Json => builder.json().init(),
+    }
 }

@@ -35,6 +35,7 @@ pub mod google {
     }
 }
 
+pub use build::bazel::remote::asset::v1 as asset;
 pub use build::bazel::remote::execution::v2 as remote_execution;
 pub use build::bazel::semver;
 pub use google::{bytestream, longrunning, rpc};

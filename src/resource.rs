@@ -172,8 +172,9 @@ mod tests {
 
         let r = ResourceName::parse_read(&format!("blobs/blake3/{H}/0")).unwrap();
         assert_eq!(r.digest.function(), DigestFunction::Blake3);
-        let r = ResourceName::parse_write(&format!("i/uploads/u/compressed-blobs/zstd/blake3/{H}/0"))
-            .unwrap();
+        let r =
+            ResourceName::parse_write(&format!("i/uploads/u/compressed-blobs/zstd/blake3/{H}/0"))
+                .unwrap();
         assert_eq!(r.digest.function(), DigestFunction::Blake3);
     }
 

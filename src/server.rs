@@ -1,14 +1,23 @@
 //! Assembles every service on one listener and serves until shut down.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::Error;
 use crate::execution::Engine;
+use crate::proto::asset::{fetch_server::FetchServer, push_server::PushServer};
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::longrunning::operations_server::OperationsServer;
 use crate::proto::remote_execution::execution_server::ExecutionServer;
@@ -16,6 +25,7 @@ use crate::proto::remote_execution::{
     action_cache_server::ActionCacheServer, capabilities_server::CapabilitiesServer,
     content_addressable_storage_server::ContentAddressableStorageServer,
 };
+use crate::service::asset::{FetchService, PushService};
 use crate::service::{
     Context, action_cache::ActionCacheService, bytestream::ByteStreamService,
     capabilities::CapabilitiesService, cas::CasService,
@@ -36,6 +46,8 @@ const SERVED: &[&str] = &[
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
     "build.bazel.remote.execution.v2.ActionCache",
     "google.bytestream.ByteStream",
+    "build.bazel.remote.asset.v1.Fetch",
+    "build.bazel.remote.asset.v1.Push",
     "grpc.health.v1.Health",
 ];
 
@@ -51,6 +63,7 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
     let started = std::time::Instant::now();
     let cas = Cas::open(&data_dir, config.storage.cas_options())?;
     let ac = ActionCache::open(&data_dir, config.storage.fsync)?;
+    let asset = crate::asset::Assets::open(&config.asset, cas.clone(), config.storage.fsync)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         blobs = cas.index().len(),
@@ -73,39 +86,56 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
         config: Arc::new(config),
         cas,
         ac,
+        asset,
         execution,
     })
 }
 
-/// Serves every rexd service on `listener` until `shutdown` completes, then drains in-flight
-/// requests and returns.
+/// Serves every rexd service on `listener` until `shutdown` completes, then shuts down
+/// gracefully (see [`graceful_stop`]) and returns.
 pub async fn run(
     ctx: Context,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let config = ctx.config.clone();
     let max_batch_message = ctx.max_batch_bytes() as usize + 1024 * 1024;
+    let auth = Authenticator::from_config(&config.auth.tokens)?;
+    let authn = auth.interceptor();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => {
+            let http = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(format!("binding the metrics listener {addr}"), e))?;
+            let addr = http
+                .local_addr()
+                .map_err(|e| Error::io("metrics address", e))?;
+            tracing::info!(%addr, "metrics and /healthz on plain HTTP");
+            metrics::handle();
+            Some(tokio::spawn(metrics::serve(
+                http,
+                ctx.clone(),
+                shutting_down.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ContentAddressableStorageServer<CasService>>()
-        .await;
-    health_reporter
-        .set_serving::<ByteStreamServer<ByteStreamService>>()
-        .await;
-    health_reporter
-        .set_serving::<ActionCacheServer<ActionCacheService>>()
-        .await;
-    health_reporter
-        .set_serving::<CapabilitiesServer<CapabilitiesService>>()
-        .await;
-
-    // grpcurl tries reflection v1, then v1alpha; serve both.
-    let reflection_error = |e| Error::Internal(format!("building the reflection service: {e}"));
     let mut served = SERVED.to_vec();
     if ctx.execution.is_some() {
         served.extend_from_slice(SERVED_WITH_EXECUTION);
     }
+    for name in &served {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+
+    // grpcurl tries reflection v1, then v1alpha; serve both.
+    let reflection_error = |e| Error::Internal(format!("building the reflection service: {e}"));
     let reflection_v1 = reflection_builder(&served)
         .build_v1()
         .map_err(reflection_error)?;
@@ -118,56 +148,183 @@ pub async fn run(
         .map_err(|e| Error::io("reading the listen address", e))?;
     // TCP_NODELAY: without it, small replies wait on the client's delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(%local_addr, "rexd serving");
 
     let order_saver = spawn_order_saver(ctx.cas.clone());
     let (execution, operations) = match &ctx.execution {
         Some(engine) => {
             engine.start();
-            health_reporter
-                .set_serving::<ExecutionServer<ExecutionService>>()
-                .await;
             (
-                Some(ExecutionServer::new(ExecutionService::new(ctx.clone()))),
-                Some(OperationsServer::new(OperationsService::new(ctx.clone()))),
+                Some(InterceptedService::new(
+                    ExecutionServer::new(ExecutionService::new(ctx.clone())),
+                    authn.clone(),
+                )),
+                Some(InterceptedService::new(
+                    OperationsServer::new(OperationsService::new(ctx.clone())),
+                    authn.clone(),
+                )),
             )
         }
         None => (None, None),
     };
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(load_tls(tls)?)
+            .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?;
+    }
+    let limits = &config.limits;
+    tracing::info!(
+        %local_addr,
+        tls = config.tls.is_some(),
+        auth = auth.enabled(),
+        "rexd serving"
+    );
+    let stop = graceful_stop(
+        shutdown,
+        health_reporter,
+        served.clone(),
+        ctx.execution.clone(),
+        Duration::from_secs(limits.shutdown_grace_secs),
+        shutting_down,
+    );
+    builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(1024 * 1024 - 1)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .trace_fn(request_span)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .layer(metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CapabilitiesServer::new(CapabilitiesService::new(
-            ctx.clone(),
-        )))
-        .add_service(
+        .add_service(InterceptedService::new(
+            CapabilitiesServer::new(CapabilitiesService::new(ctx.clone())),
+            authn.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ContentAddressableStorageServer::new(CasService::new(ctx.clone()))
                 .max_decoding_message_size(max_batch_message)
                 .max_encoding_message_size(max_batch_message),
-        )
-        .add_service(
+            authn.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ByteStreamServer::new(ByteStreamService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_STREAM_MESSAGE),
-        )
-        .add_service(
+            authn.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ActionCacheServer::new(ActionCacheService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_STREAM_MESSAGE),
-        )
+            authn.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FetchServer::new(FetchService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_STREAM_MESSAGE)
+                .max_encoding_message_size(MAX_STREAM_MESSAGE),
+            authn.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PushServer::new(PushService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_STREAM_MESSAGE),
+            authn.clone(),
+        ))
         .add_optional_service(execution)
         .add_optional_service(operations)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;
     order_saver.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let cas = ctx.cas.clone();
     crate::service::blocking(move || cas.save_order()).await?;
     tracing::info!("rexd stopped");
     Ok(())
+}
+
+/// Completes when the server may stop accepting connections: after `shutdown`, health says
+/// NOT_SERVING, execution accepts nothing new and running actions get `grace` to finish
+/// (the rest are cancelled, their waiters told UNAVAILABLE). Requests in flight then drain.
+async fn graceful_stop(
+    shutdown: impl Future<Output = ()>,
+    health: tonic_health::server::HealthReporter,
+    served: Vec<&'static str>,
+    engine: Option<Arc<Engine>>,
+    grace: Duration,
+    shutting_down: Arc<AtomicBool>,
+) {
+    shutdown.await;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+    shutting_down.store(true, Ordering::Relaxed);
+    for name in served {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    if let Some(engine) = engine {
+        engine.drain(grace).await;
+    }
+}
+
+/// A tracing span per RPC, carrying what the client said about itself in the REAPI
+/// RequestMetadata header (tool, invocation, action, target), so every log line of the
+/// call can be traced back to a build.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let metadata = request
+        .headers()
+        .get(crate::service::execution::REQUEST_METADATA_HEADER)
+        .and_then(|v| decode_request_metadata(v.as_bytes()));
+    let m = metadata.unwrap_or_default();
+    let tool = m.tool_details.as_ref();
+    tracing::info_span!(
+        "rpc",
+        method = request.uri().path(),
+        tool = tool.map(|t| t.tool_name.as_str()).unwrap_or_default(),
+        tool_version = tool.map(|t| t.tool_version.as_str()).unwrap_or_default(),
+        invocation = m.tool_invocation_id.as_str(),
+        correlated_invocations = m.correlated_invocations_id.as_str(),
+        mnemonic = m.action_mnemonic.as_str(),
+        target = m.target_id.as_str(),
+    )
+}
+
+/// Decodes a `*-bin` gRPC header (base64, padded or not) as RequestMetadata.
+pub fn decode_request_metadata(
+    value: &[u8],
+) -> Option<crate::proto::remote_execution::RequestMetadata> {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine.decode(value).ok()?;
+    prost::Message::decode(&bytes[..]).ok()
+}
+
+/// Reads the PEM files of the TLS configuration.
+fn load_tls(tls: &crate::config::TlsConfig) -> Result<ServerTlsConfig, Error> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            Error::InvalidArgument(format!("cannot read TLS {what} {}: {e}", path.display()))
+        })
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert, "certificate")?,
+        read(&tls.key, "key")?,
+    ));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(config)
 }
 
 /// Reflection over our descriptors, listing only the services actually served.

@@ -79,6 +79,39 @@ impl Engine {
         self.scheduler.operations()
     }
 
+    /// Workers running actions.
+    pub fn worker_count(&self) -> usize {
+        self.worker_count
+    }
+
+    /// Graceful stop: accepts no new actions, fails queued ones at once, lets running ones
+    /// finish for up to `grace`, then kills the rest. Every waiter of an action that did not
+    /// finish sees UNAVAILABLE.
+    pub async fn drain(&self, grace: Duration) {
+        let unavailable = |what: &str| crate::proto::remote_execution::ExecuteResponse {
+            status: Some(
+                Error::Unavailable(format!("the server shut down {what}; retry the action"))
+                    .to_rpc_status(),
+            ),
+            ..Default::default()
+        };
+        for op in self.scheduler.close() {
+            op.complete(unavailable("before the action started"));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.scheduler.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut killed = 0;
+        for op in self.operations().list_all() {
+            if op.complete(unavailable("while the action was running")) {
+                op.cancel.cancel();
+                killed += 1;
+            }
+        }
+        tracing::info!(killed, "execution drained");
+    }
+
     /// Spawns the workers and the expiry of finished operations on the current runtime.
     pub fn start(&self) {
         worker::spawn_workers(self.workers.clone(), self.worker_count);

@@ -181,6 +181,11 @@ impl Operations {
         ops
     }
 
+    /// Every operation, of every instance.
+    pub fn list_all(&self) -> Vec<Arc<OperationState>> {
+        self.map.lock().unwrap().values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
     }

@@ -58,6 +58,8 @@ struct State {
     /// Cacheable actions queued or running, by (instance, action digest), for merging.
     in_flight: HashMap<(String, Digest), Arc<OperationState>>,
     running: usize,
+    /// Set at shutdown: no new actions are accepted.
+    closed: bool,
 }
 
 /// Hands queued actions to workers.
@@ -104,9 +106,19 @@ impl Scheduler {
         self.check_platform(&spec.platform)?;
         let key = (spec.instance.clone(), spec.action_digest);
         let mut state = self.state.lock().unwrap();
+        if state.closed {
+            return Err(Error::Unavailable(
+                "the server is shutting down and accepts no new actions; retry on another \
+                 server or after the restart"
+                    .into(),
+            ));
+        }
         if spec.cacheable()
             && let Some(op) = state.in_flight.get(&key)
             && !op.is_done()
+            // A cancelled run stays in flight until its worker has killed it; joining it
+            // would hand this caller a CANCELLED it never asked for.
+            && !op.cancel.is_cancelled()
         {
             tracing::info!(operation = %op.name, action = %spec.action_digest, "merged with an identical in-flight action");
             return Ok(op.clone());
@@ -214,6 +226,19 @@ impl Scheduler {
             }
         }
         removed
+    }
+
+    /// Stops accepting actions and returns the operations of those still waiting.
+    pub fn close(&self) -> Vec<Arc<OperationState>> {
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
+        let drained: Vec<_> = state.queue.drain().map(|q| q.job.op.clone()).collect();
+        for op in &drained {
+            state
+                .in_flight
+                .remove(&(op.instance.clone(), op.action_digest));
+        }
+        drained
     }
 
     /// Actions waiting for a worker.

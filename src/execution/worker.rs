@@ -84,12 +84,36 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
             tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
         }
     }
+    let outcome = match &status {
+        None if result.exit_code == 0 => "success",
+        None => "nonzero_exit",
+        Some(e) => match e.code() {
+            tonic::Code::DeadlineExceeded => "timeout",
+            tonic::Code::Cancelled => "cancelled",
+            _ => "error",
+        },
+    };
+    let elapsed = job.queued_at.elapsed().unwrap_or_default();
+    metrics::histogram!("rexd_action_duration_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    // One structured line per finished action, with what the client said about it.
+    let m = op.request_metadata.clone().unwrap_or_default();
+    let tool = m.tool_details.unwrap_or_default();
     tracing::info!(
         operation = %op.name,
         action = %digest,
+        instance = %job.spec.instance,
+        outcome,
         exit_code = result.exit_code,
         status = status.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
-        "completed"
+        duration_ms = elapsed.as_millis() as u64,
+        tool = %tool.tool_name,
+        tool_version = %tool.tool_version,
+        invocation = %m.tool_invocation_id,
+        correlated_invocations = %m.correlated_invocations_id,
+        mnemonic = %m.action_mnemonic,
+        target = %m.target_id,
+        "action completed"
     );
     complete(op, result, status);
     if !(failed && ctx.keep_failed_action_dirs) {

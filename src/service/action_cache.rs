@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::proto::remote_execution::{
@@ -31,8 +32,10 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        self.ctx
+            .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
         let ctx = self.ctx.clone();
@@ -59,8 +62,11 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        let instance = self.ctx.instance(&req.instance_name)?;
+        let instance = self
+            .ctx
+            .authorize(&caller, &req.instance_name, Role::AcWrite)?;
         if !instance.allow_ac_updates {
             return Err(Error::PermissionDenied(format!(
                 "instance {:?} does not accept UpdateActionResult: only this server's own \

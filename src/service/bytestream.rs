@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Role;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::proto::bytestream::{
@@ -93,9 +94,10 @@ type ReadStream = tonic::codegen::BoxStream<ReadResponse>;
 #[tonic::async_trait]
 impl ByteStream for ByteStreamService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
         let name = ResourceName::parse_read(&req.resource_name)?;
-        self.ctx.instance(&name.instance)?;
+        self.ctx.authorize(&caller, &name.instance, Role::Read)?;
         let digest = name.digest;
         let size = digest.size();
         if req.read_offset < 0 || req.read_offset as u64 > size {
@@ -156,14 +158,16 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let mut stream = request.into_inner();
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Error::InvalidArgument("Write stream carried no request".into()))?;
         let name = ResourceName::parse_write(&first.resource_name)?;
-        self.ctx.instance(&name.instance)?;
+        self.ctx.authorize(&caller, &name.instance, Role::Write)?;
         let digest = name.digest;
+        self.ctx.check_blob_size(&digest)?;
         let compressed = name.compression != Compression::Identity;
         if self.ctx.cas.contains(&digest) {
             // Already stored: the spec lets the server end the upload at once.
@@ -271,8 +275,9 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let name = ResourceName::parse_write(&request.get_ref().resource_name)?;
-        self.ctx.instance(&name.instance)?;
+        self.ctx.authorize(&caller, &name.instance, Role::Write)?;
         if self.ctx.cas.contains(&name.digest) {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: name.digest.size() as i64,

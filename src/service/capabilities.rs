@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::DigestFunction;
 use crate::proto::remote_execution::{
     self as re, ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
@@ -41,7 +42,10 @@ impl Capabilities for CapabilitiesService {
         &self,
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
-        let instance = self.ctx.instance(&request.get_ref().instance_name)?;
+        let caller = crate::auth::caller(&request);
+        let instance = self
+            .ctx
+            .authorize(&caller, &request.get_ref().instance_name, Role::Read)?;
         let digest_functions: Vec<i32> = DigestFunction::ALL
             .iter()
             .map(|f| f.to_proto() as i32)
@@ -57,6 +61,7 @@ impl Capabilities for CapabilitiesService {
                 as i32,
             supported_compressors: vec![re::compressor::Value::Zstd as i32],
             supported_batch_update_compressors: vec![re::compressor::Value::Zstd as i32],
+            max_cas_blob_size_bytes: self.ctx.config.limits.max_blob_size.as_u64() as i64,
             ..Default::default()
         };
         let execution = ExecutionCapabilities {

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, ok_status};
 use crate::proto::remote_execution::{
@@ -34,8 +35,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        self.ctx
+            .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = req
             .blob_digests
@@ -52,8 +55,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        self.ctx
+            .authorize(&caller, &req.instance_name, Role::Write)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         let max = self.ctx.max_batch_bytes();
@@ -65,6 +70,7 @@ impl ContentAddressableStorage for CasService {
             .into());
         }
         let cas = self.ctx.cas.clone();
+        let ctx = self.ctx.clone();
         let responses = blocking(move || {
             Ok(req
                 .requests
@@ -72,6 +78,7 @@ impl ContentAddressableStorage for CasService {
                 .map(|r| {
                     let result = Digest::from_required(function, r.digest.as_ref(), "blob")
                         .and_then(|digest| {
+                            ctx.check_blob_size(&digest)?;
                             let data = decompress(r.compressor, &digest, r.data, max)?;
                             cas.put(&digest, &data)
                         });
@@ -90,8 +97,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        self.ctx
+            .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = req
             .digests
@@ -138,8 +147,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<GetTreeRequest>,
     ) -> Result<Response<GetTreeStream>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        self.ctx.instance(&req.instance_name)?;
+        self.ctx
+            .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_required(function, req.root_digest.as_ref(), "root")?;
         if req.page_size < 0 {

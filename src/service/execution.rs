@@ -7,6 +7,7 @@ use std::time::Duration;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::execution::{Engine, OperationState, operations::progress_to_proto, spec};
@@ -75,9 +76,13 @@ impl Execution for ExecutionService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
+        let caller = crate::auth::caller(&request);
         let metadata = request_metadata(&request);
         let req = request.into_inner();
-        let instance_config = self.ctx.instance(&req.instance_name)?.clone();
+        let instance_config = self
+            .ctx
+            .authorize(&caller, &req.instance_name, Role::Execute)?
+            .clone();
         let engine = self.engine()?.clone();
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
@@ -118,12 +123,14 @@ impl Execution for ExecutionService {
         &self,
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<OperationStream>, Status> {
+        let caller = crate::auth::caller(&request);
         let name = &request.get_ref().name;
         let op = self
             .engine()?
             .operations()
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        crate::auth::authorize(&caller, &op.instance, Role::Execute)?;
         Ok(Response::new(watch(op)))
     }
 }

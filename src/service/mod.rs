@@ -3,6 +3,7 @@
 //! turned into `tonic::Status` by the one conversion in `error.rs`.
 
 pub mod action_cache;
+pub mod asset;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
@@ -11,6 +12,7 @@ pub mod operations;
 
 use std::sync::Arc;
 
+use crate::auth::{Caller, Role};
 use crate::config::{Config, InstanceConfig};
 use crate::error::Error;
 use crate::execution::Engine;
@@ -22,6 +24,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub cas: Cas,
     pub ac: ActionCache,
+    /// Remote Asset references and downloads.
+    pub asset: crate::asset::Assets,
     /// The scheduler and workers; `None` when execution is disabled.
     pub execution: Option<Arc<Engine>>,
 }
@@ -41,6 +45,29 @@ impl Context {
                 served.join(", ")
             ))
         })
+    }
+
+    /// The instance's configuration, if it is served and `caller` holds `role` on it.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+    ) -> Result<&InstanceConfig, Error> {
+        let instance = self.instance(name)?;
+        crate::auth::authorize(caller, name, role)?;
+        Ok(instance)
+    }
+
+    /// Rejects blobs over the configured `limits.max_blob_size`.
+    pub fn check_blob_size(&self, digest: &crate::digest::Digest) -> Result<(), Error> {
+        let max = self.config.limits.max_blob_size.as_u64();
+        if max > 0 && digest.size() > max {
+            return Err(Error::InvalidArgument(format!(
+                "blob {digest} is larger than this server's max_blob_size of {max} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Largest total of blob bytes in one batch call.

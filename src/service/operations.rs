@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Role};
 use crate::error::Error;
 use crate::execution::{Engine, OperationState};
 use crate::proto::longrunning::{
@@ -35,11 +36,15 @@ impl OperationsService {
         })
     }
 
-    fn find(&self, name: &str) -> Result<Arc<OperationState>, Error> {
-        self.engine()?
+    /// The named operation, if `caller` holds `role` on its instance.
+    fn find(&self, caller: &Caller, name: &str, role: Role) -> Result<Arc<OperationState>, Error> {
+        let op = self
+            .engine()?
             .operations()
             .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        crate::auth::authorize(caller, &op.instance, role)?;
+        Ok(op)
     }
 }
 
@@ -66,6 +71,7 @@ impl Operations for OperationsService {
         &self,
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
         if !req.filter.is_empty() {
             return Err(Error::InvalidArgument(
@@ -78,7 +84,7 @@ impl Operations for OperationsService {
             "" | "operations" => "",
             name => name.strip_suffix("/operations").unwrap_or(name),
         };
-        self.ctx.instance(instance)?;
+        self.ctx.authorize(&caller, instance, Role::Read)?;
         if req.page_size < 0 {
             return Err(Error::InvalidArgument("page_size must not be negative".into()).into());
         }
@@ -109,8 +115,10 @@ impl Operations for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let caller = crate::auth::caller(&request);
         Ok(Response::new(
-            self.find(&request.get_ref().name)?.to_proto(),
+            self.find(&caller, &request.get_ref().name, Role::Read)?
+                .to_proto(),
         ))
     }
 
@@ -118,11 +126,10 @@ impl Operations for OperationsService {
         &self,
         request: Request<DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = crate::auth::caller(&request);
         let name = &request.get_ref().name;
-        self.engine()?
-            .operations()
-            .remove(name)
-            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        self.find(&caller, name, Role::Execute)?;
+        self.engine()?.operations().remove(name);
         Ok(Response::new(()))
     }
 
@@ -130,7 +137,8 @@ impl Operations for OperationsService {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let op = self.find(&request.get_ref().name)?;
+        let caller = crate::auth::caller(&request);
+        let op = self.find(&caller, &request.get_ref().name, Role::Execute)?;
         cancel(self.engine()?, &op, "cancelled by CancelOperation");
         Ok(Response::new(()))
     }
@@ -139,8 +147,9 @@ impl Operations for OperationsService {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let caller = crate::auth::caller(&request);
         let req = request.into_inner();
-        let op = self.find(&req.name)?;
+        let op = self.find(&caller, &req.name, Role::Read)?;
         let timeout = req
             .timeout
             .and_then(|t| Duration::try_from(t).ok())

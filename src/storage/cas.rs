@@ -148,8 +148,11 @@ impl Cas {
         &self.inner.options
     }
 
+    /// Whether the blob is stored and sound, counting the check as a use. A blob found on
+    /// disk at start-up is verified here first (once), so that an upload of one that went bad
+    /// is not skipped as "already stored".
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.inner.index.touch(digest)
+        self.inner.index.touch(digest) && self.ensure_verified(digest).unwrap_or(false)
     }
 
     fn pin_deadline(&self) -> Option<Instant> {
@@ -264,7 +267,7 @@ impl Cas {
         if actual != *digest {
             return Err(mismatch(digest, &actual));
         }
-        if self.inner.index.touch(digest) {
+        if self.contains(digest) {
             return Ok(());
         }
         let mut writer = self.writer(digest)?;
@@ -284,12 +287,17 @@ impl Cas {
             .permissions(Permissions::from_mode(BLOB_MODE))
             .tempfile_in(&self.inner.tmp_dir)
             .map_err(|e| self.write_error("creating an upload file", e))?;
+        // Writes go to the plain file: tempfile's own Write impl wraps errors in a way that
+        // hides their OS code, which callers classify failures by (a full disk must not read
+        // as bad client data).
+        let (file, path) = tmp.into_parts();
         Ok(BlobWriter {
             cas: self.clone(),
             expected: *digest,
             hasher: Some(digest.function().hasher()),
             written: 0,
-            file: BufWriter::with_capacity(256 * 1024, tmp),
+            file: BufWriter::with_capacity(256 * 1024, file),
+            path,
         })
     }
 
@@ -333,7 +341,7 @@ impl Cas {
             File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let digest = hash_reader(&file, function)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if self.inner.index.touch(&digest) {
+        if self.contains(&digest) {
             return Ok(digest);
         }
         if self.inner.options.fsync {
@@ -537,7 +545,9 @@ pub struct BlobWriter {
     /// `None` once the data was verified up front (whole-buffer puts).
     hasher: Option<Hasher>,
     written: u64,
-    file: BufWriter<tempfile::NamedTempFile>,
+    file: BufWriter<File>,
+    /// The temp file's name; deletes the file when dropped.
+    path: tempfile::TempPath,
 }
 
 impl BlobWriter {
@@ -567,16 +577,18 @@ impl BlobWriter {
             }
         }
         let cas = self.cas;
-        let tmp = self
+        let file = self
             .file
             .into_inner()
             .map_err(|e| cas.write_error(format!("writing blob {expected}"), e.into_error()))?;
         if cas.inner.options.fsync {
-            tmp.as_file()
-                .sync_data()
+            file.sync_data()
                 .map_err(|e| cas.write_error(format!("syncing blob {expected}"), e))?;
         }
-        cas.publish(&expected, tmp)
+        cas.publish(
+            &expected,
+            tempfile::NamedTempFile::from_parts(file, self.path),
+        )
     }
 }
 

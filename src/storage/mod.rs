@@ -1,7 +1,8 @@
 //! Durable state: the content-addressed blob store, its in-memory index, the action cache,
-//! and the tree walks that read Directory protos out of the CAS.
+//! the Remote Asset references, and the tree walks that read Directory protos out of the CAS.
 
 pub mod action_cache;
+pub mod asset_store;
 pub mod cas;
 pub mod eviction;
 pub mod index;
@@ -10,6 +11,7 @@ pub mod tree;
 pub mod verify;
 
 pub use action_cache::ActionCache;
+pub use asset_store::AssetStore;
 pub use cas::{BlobWriter, Cas, CasOptions, Lease};
 
 use std::path::Path;

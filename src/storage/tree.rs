@@ -172,7 +172,7 @@ fn read_usable<M: Message + Default>(cas: &Cas, digest: &Digest) -> Result<Optio
 
 /// Blobs missing (or unusable, reported as missing) under a tree stored as separate Directory
 /// blobs.
-fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>, Error> {
+pub fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>, Error> {
     let function = root.function();
     let mut missing = Vec::new();
     let mut seen = HashSet::from([*root]);

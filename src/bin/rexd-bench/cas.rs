@@ -86,11 +86,11 @@ pub async fn find_missing(conn: &Conn, seed: u64, count: usize, calls: usize) ->
     let absent = small_blobs(&mut rng, &salt, count - count / 2);
     conn.upload(&present).await?;
     let mut digests = Vec::with_capacity(count);
-    for i in 0..absent.len() {
-        if let Some(blob) = present.get(i) {
-            digests.push(conn::digest(blob));
+    for (i, blob) in absent.iter().enumerate() {
+        if let Some(other) = present.get(i) {
+            digests.push(conn::digest(other));
         }
-        digests.push(conn::digest(&absent[i]));
+        digests.push(conn::digest(blob));
     }
     let request = re::FindMissingBlobsRequest {
         instance_name: conn.instance.clone(),

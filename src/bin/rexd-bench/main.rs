@@ -39,7 +39,9 @@ pub type Result<T> = std::result::Result<T, Error>;
     name = "rexd-bench",
     version,
     about = "Measures a Remote Execution API v2 server: ByteStream, CAS and execution figures",
-    after_help = "Workloads run in the order listed here; with none (or `all`), all of them."
+    after_help = "Workloads run in the order listed above; with none (or `all`), all of them.",
+    // A later flag wins, so scripts can append overrides to their defaults.
+    args_override_self = true
 )]
 struct Cli {
     /// Server to measure, `grpc://HOST:PORT` (plaintext).
@@ -214,6 +216,7 @@ impl Out {
 
 /// How one workload ended.
 enum Ran {
+    /// The figures, the wall time including setup, and the server's peak RSS in MiB.
     Done(Outcome, Duration, Option<f64>),
     Failed(String),
     Skipped(&'static str),

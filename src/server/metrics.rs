@@ -1,0 +1,162 @@
+//! Prometheus metrics and plain-HTTP health, on a listener of their own.
+//!
+//! RPC counts and latencies are recorded by [`RpcMetricsLayer`] around every gRPC call;
+//! storage and queue figures are read from their owners when `/metrics` is scraped, so the
+//! hot paths pay for nothing but a few atomic adds.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tonic::codegen::http;
+
+use crate::service::Context;
+
+/// The process-wide recorder (metrics are global; several in-process servers share it).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
+                .expect("valid buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (by an embedding program); then our
+            // handle renders only what we record through it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Copies the figures owned elsewhere into gauges, then renders the exposition text.
+pub fn render(ctx: &Context) -> String {
+    let stats = ctx.cas.stats().snapshot();
+    metrics::gauge!("rexd_cas_blobs").set(ctx.cas.index().len() as f64);
+    metrics::gauge!("rexd_cas_disk_bytes").set(ctx.cas.index().total_bytes() as f64);
+    metrics::gauge!("rexd_cas_hits_total").set(stats.hits as f64);
+    metrics::gauge!("rexd_cas_misses_total").set(stats.misses as f64);
+    metrics::gauge!("rexd_cas_bytes_in_total").set(stats.bytes_in as f64);
+    metrics::gauge!("rexd_cas_bytes_out_total").set(stats.bytes_out as f64);
+    metrics::gauge!("rexd_cas_evictions_total").set(stats.evictions as f64);
+    metrics::gauge!("rexd_cas_evicted_bytes_total").set(stats.evicted_bytes as f64);
+    metrics::gauge!("rexd_cas_corrupt_blobs_total").set(stats.corrupt as f64);
+    if let Some(engine) = &ctx.execution {
+        let running = engine.scheduler.running();
+        metrics::gauge!("rexd_actions_queued").set(engine.scheduler.queued() as f64);
+        metrics::gauge!("rexd_actions_running").set(running as f64);
+        metrics::gauge!("rexd_workers").set(engine.worker_count() as f64);
+        metrics::gauge!("rexd_worker_utilisation")
+            .set(running as f64 / engine.worker_count().max(1) as f64);
+        metrics::gauge!("rexd_operations").set(engine.operations().len() as f64);
+    }
+    handle().render()
+}
+
+/// Serves `/metrics` and `/healthz` until the listener is dropped with its task.
+pub async fn serve(listener: TcpListener, ctx: Context, shutting_down: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        let shutting_down = shutting_down.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let response = respond(&ctx, &shutting_down, req.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn respond(ctx: &Context, shutting_down: &AtomicBool, path: &str) -> http::Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (200, "text/plain; version=0.0.4", render(ctx)),
+        "/healthz" if shutting_down.load(Ordering::Relaxed) => {
+            (503, "text/plain", "shutting down\n".to_string())
+        }
+        "/healthz" => (200, "text/plain", "ok\n".to_string()),
+        _ => (
+            404,
+            "text/plain",
+            "not found; try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    http::Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+/// Records `rexd_rpc_requests_total` and `rexd_rpc_duration_seconds` by method and code.
+#[derive(Clone, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let start = Instant::now();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            // Errors come back as trailers-only responses, with grpc-status in the headers;
+            // a response without it is a success (or a stream whose end is not seen here).
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(|c| format!("{:?}", tonic::Code::from(c)))
+                .unwrap_or_else(|| "Ok".to_string());
+            metrics::counter!("rexd_rpc_requests_total", "method" => method.clone(), "code" => code)
+                .increment(1);
+            metrics::histogram!("rexd_rpc_duration_seconds", "method" => method)
+                .record(start.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
