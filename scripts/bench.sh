@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Measures rexd with rexd-bench: builds the release binaries, starts target/release/rexd on a
+# free loopback port with a temporary data directory and the default configuration (fsync
+# on), runs every workload, samples the server's memory, and stops it.
+#
+#   scripts/bench.sh                       # everything at the default sizes
+#   scripts/bench.sh exec-noop stage       # only these workloads
+#   BENCH_ARGS="--upload-size 64MiB --exec-count 50" scripts/bench.sh   # flags for every run
+#
+# Steps, each with its own server so one cannot skew the next:
+#   1. idle RSS, then the peak RSS during four concurrent 256 MiB uploads (--parallel 4);
+#   2. the workloads (`all` by default), plain sandbox (sandbox.backend = "plain");
+#   3. exec-noop and exec-throughput again with bubblewrap namespaces, where they work here.
+# Reports (JSON) go to target/bench/; BENCHMARKS.md says how to read them.
+# RSS_UPLOAD_SIZE changes the size of step 1's uploads; BENCH_PROFILE=debug makes a quick
+# smoke run of this script itself (debug build, figures meaningless).
+#
+# Against another server (Buildbarn, BuildGrid, NativeLink, ...) this script is not needed:
+#   cargo build --release --bin rexd-bench
+#   target/release/rexd-bench --target grpc://HOST:PORT --instance NAME all
+# Add `--platform NAME=VALUE` for properties its workers require (e.g. OSFamily=Linux), and
+# `--server-pid PID` when the server runs on this machine, to sample its RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+read -r -a extra <<<"${BENCH_ARGS:-}"
+workloads=("$@")
+[ ${#workloads[@]} -gt 0 ] || workloads=(all)
+out=target/bench
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+
+profile=${BENCH_PROFILE:-release}
+bin=target/$profile
+echo "== building $profile binaries" >&2
+if [ "$profile" = release ]; then
+  cargo build --release --bin rexd --bin rexd-bench >&2
+else
+  cargo build --bin rexd --bin rexd-bench >&2
+fi
+mkdir -p "$out"
+tmp=$(mktemp -d)
+server_pid=""
+
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid"
+    wait "$server_pid" || true
+  fi
+  server_pid=""
+}
+trap 'stop_server; rm -rf "$tmp"' EXIT
+
+# start_server BACKEND: rexd with that sandbox backend and a fresh data directory; sets
+# server_pid and url. Port 0 lets the kernel pick a free port; the log says which.
+servers=0
+start_server() {
+  servers=$((servers + 1))
+  local name=$1 dir="$tmp/$servers-$1"
+  mkdir -p "$dir"
+  cat >"$dir/rexd.toml" <<TOML
+listen = "127.0.0.1:0"
+data_dir = "$dir/data"
+log_level = "info"
+
+[sandbox]
+backend = "$name"
+TOML
+  NO_COLOR=1 RUST_LOG=info "$bin/rexd" --config "$dir/rexd.toml" 2>"$dir/rexd.log" &
+  server_pid=$!
+  local addr=""
+  for _ in $(seq 300); do
+    addr=$(sed -n 's/.*rexd serving.*local_addr=\([0-9.]*:[0-9]*\).*/\1/p' "$dir/rexd.log")
+    [ -n "$addr" ] && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "rexd (sandbox $name) did not start:" >&2
+      cat "$dir/rexd.log" >&2
+      server_pid=""
+      return 1
+    fi
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "rexd did not report its address" >&2; return 1; }
+  url="grpc://$addr"
+  echo "== rexd pid $server_pid on $url (sandbox $name, data in $dir/data)" >&2
+}
+
+bench() {
+  "$bin/rexd-bench" --target "$url" --server-pid "$server_pid" "${extra[@]}" "$@"
+}
+
+rss_mib() {
+  awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$server_pid/status"
+}
+
+echo "== 1. memory: idle, then four concurrent ${RSS_UPLOAD_SIZE:-256MiB} uploads" >&2
+start_server plain
+sleep 2
+idle=$(rss_mib)
+bench --json --parallel 4 --upload-size "${RSS_UPLOAD_SIZE:-256MiB}" upload >"$out/$stamp-rss.json"
+peak=$(sed -n 's/.*"server_rss_peak_mib":\([0-9.]*\).*/\1/p' "$out/$stamp-rss.json")
+after=$(rss_mib)
+stop_server
+
+echo "== 2. workloads: ${workloads[*]} (plain sandbox)" >&2
+start_server plain
+bench --json "${workloads[@]}" >"$out/$stamp-plain.json"
+stop_server
+
+echo "== 3. exec-noop and exec-throughput in bubblewrap namespaces" >&2
+if start_server bwrap; then
+  bench --json exec-noop exec-throughput >"$out/$stamp-bwrap.json"
+  stop_server
+else
+  echo "   skipped: bubblewrap does not work on this machine" >&2
+fi
+
+echo >&2
+echo "server RSS: idle ${idle} MiB; peak during 4 x ${RSS_UPLOAD_SIZE:-256MiB} uploads ${peak:-?} MiB;" \
+  "after them ${after} MiB" >&2
+echo "reports: $out/$stamp-*.json" >&2
