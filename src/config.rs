@@ -466,7 +466,13 @@ impl Config {
 fn is_reserved_segment(s: &str) -> bool {
     matches!(
         s,
-        "blobs" | "uploads" | "compressed-blobs" | "operations" | "capabilities"
+        "blobs"
+            | "uploads"
+            | "compressed-blobs"
+            | "operations"
+            | "capabilities"
+            | "actions"
+            | "actionResults"
     )
 }
 

@@ -33,10 +33,11 @@ use crate::service::{
 use crate::service::{execution::ExecutionService, operations::OperationsService};
 use crate::storage::{ActionCache, Cas};
 
-/// Per-stream HTTP/2 flow-control window: large, so one stream can fill a fast link.
-const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Per-stream HTTP/2 flow-control window: enough to keep a fast link busy, small enough
+/// that a few concurrent uploads do not pile up tens of MiB in memory each.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Per-connection window, shared by the streams of one client.
-const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest ByteStream message accepted; clients send 16 KiB to 4 MiB chunks.
 const MAX_STREAM_MESSAGE: usize = 16 * 1024 * 1024;
 

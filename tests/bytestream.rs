@@ -91,6 +91,15 @@ async fn read(server: &TestServer, name: &str, offset: i64, limit: i64) -> Resul
         .map(|(data, _)| data)
 }
 
+/// Names of the upload temp files the server holds in `{data_dir}/tmp`.
+fn upload_temp_files(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.data_dir.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("upload-"))
+        .collect()
+}
+
 fn compressed_path(data: &[u8]) -> String {
     let d = digest(data);
     format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes)
@@ -304,28 +313,6 @@ async fn instance_prefixes_and_trailing_metadata() {
         .unwrap();
     assert_eq!(response.committed_size, other.len() as i64);
     assert!(is_stored(&server, &other).await);
-
-    // The digest function may be named explicitly.
-    let third = pseudo_random(3_000, 13);
-    let d = digest(&third);
-    let name = format!(
-        "ci/linux/uploads/{}/blobs/sha256/{}/{}/meta",
-        uuid::Uuid::new_v4(),
-        d.hash,
-        d.size_bytes
-    );
-    write(&server, write_requests(&name, &third, 0, 1_000, true))
-        .await
-        .unwrap();
-    let back = read(
-        &server,
-        &format!("ci/linux/blobs/sha256/{}/{}", d.hash, d.size_bytes),
-        0,
-        0,
-    )
-    .await
-    .unwrap();
-    assert!(back == third);
 }
 
 // ---------------------------------------------------------------- verification
@@ -397,6 +384,9 @@ async fn writes_that_do_not_match_the_digest_are_rejected() {
     // An empty stream.
     let result = write(&server, Vec::new()).await;
     expect_status(result, Code::InvalidArgument, &["no request"]);
+
+    // Rejected uploads leave no temp files behind.
+    assert_eq!(upload_temp_files(&server), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------- resumable uploads
@@ -447,6 +437,7 @@ async fn interrupted_write_resumes_from_committed_size() {
         (data.len() as i64, true)
     );
     assert!(read(&server, &blob_path(&data), 0, 0).await.unwrap() == data);
+    assert_eq!(upload_temp_files(&server), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,6 +636,7 @@ async fn bad_zstd_uploads_are_rejected() {
         &["does not match its digest"],
     );
     assert!(!is_stored(&server, &data).await);
+    assert_eq!(upload_temp_files(&server), Vec::<String>::new());
 
     // Compressed reads take no read_limit.
     upload_plain(&server, &data).await;
@@ -659,4 +651,95 @@ async fn upload_plain(server: &TestServer, data: &[u8]) {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_write_can_consist_of_finish_write_alone() {
+    // Every byte arrived but the stream ended before finish_write; the client resumes at the
+    // end with an empty, finishing message.
+    let server = TestServer::start().await;
+    let data = pseudo_random(300_000, 91);
+    let name = upload_path(&data);
+    let result = write(&server, write_requests(&name, &data, 0, 100_000, false)).await;
+    expect_status(result, Code::InvalidArgument, &["without finish_write"]);
+    assert_eq!(
+        query(&server, &name).await.unwrap(),
+        (data.len() as i64, false)
+    );
+    let response = write(&server, write_requests(&name, b"", data.len(), 1, true))
+        .await
+        .unwrap();
+    assert_eq!(response.committed_size, data.len() as i64);
+    assert!(read(&server, &blob_path(&data), 0, 0).await.unwrap() == data);
+}
+
+// ---------------------------------------------------------------- BLAKE3
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blake3_resources_name_the_function() {
+    let server = TestServer::start().await;
+    let data = pseudo_random(700_000, 101);
+    let d = rexd::digest::Digest::of(rexd::digest::DigestFunction::Blake3, &data);
+    let (hash, size) = (d.hash_hex(), d.size());
+
+    let name = format!(
+        "uploads/{}/blobs/blake3/{hash}/{size}",
+        uuid::Uuid::new_v4()
+    );
+    let response = write(&server, write_requests(&name, &data, 0, 100_000, true))
+        .await
+        .unwrap();
+    assert_eq!(response.committed_size, size as i64);
+    assert!(
+        read(&server, &format!("blobs/blake3/{hash}/{size}"), 0, 0)
+            .await
+            .unwrap()
+            == data
+    );
+    let wire = read(
+        &server,
+        &format!("compressed-blobs/zstd/blake3/{hash}/{size}"),
+        0,
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(zstd::stream::decode_all(&wire[..]).unwrap() == data);
+
+    // Without the function segment a 64-hex hash is SHA-256: another blob, not stored.
+    let result = read(&server, &format!("blobs/{hash}/{size}"), 0, 0).await;
+    expect_status(result, Code::NotFound, &[&hash]);
+
+    // Content is verified with BLAKE3.
+    let other = pseudo_random(1_000, 102);
+    let name = format!("uploads/{}/blobs/blake3/{hash}/1000", uuid::Uuid::new_v4());
+    let result = write(&server, write_requests(&name, &other, 0, 1_000, true)).await;
+    expect_status(
+        result,
+        Code::InvalidArgument,
+        &["does not match its digest"],
+    );
+
+    // A compressed BLAKE3 upload.
+    let small = pseudo_random(50_000, 103).repeat(3);
+    let d = rexd::digest::Digest::of(rexd::digest::DigestFunction::Blake3, &small);
+    let name = format!(
+        "uploads/{}/compressed-blobs/zstd/blake3/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash_hex(),
+        d.size()
+    );
+    let compressed = zstd::bulk::compress(&small, 3).unwrap();
+    write(&server, write_requests(&name, &compressed, 0, 10_000, true))
+        .await
+        .unwrap();
+    let back = read(
+        &server,
+        &format!("blobs/blake3/{}/{}", d.hash_hex(), d.size()),
+        0,
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(back == small);
 }

@@ -154,11 +154,12 @@ async fn unsupported_digest_function_is_invalid_argument() {
         .await
         .find_missing_blobs(re::FindMissingBlobsRequest {
             blob_digests: vec![digest(b"x")],
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            digest_function: re::digest_function::Value::Sha1 as i32,
             ..Default::default()
         })
         .await;
-    expect_status(result, Code::InvalidArgument, &["BLAKE3", "SHA256"]);
+    // The message names the function refused and the ones on offer.
+    expect_status(result, Code::InvalidArgument, &["SHA1", "SHA256"]);
 }
 
 // ---------------------------------------------------------------- BatchUpdateBlobs
@@ -515,7 +516,6 @@ async fn get_tree_lists_each_directory_once() {
     assert!(pages[0].next_page_token.is_empty());
     let got: Vec<re::Directory> = pages.into_iter().flat_map(|p| p.directories).collect();
     assert_eq!(got.len(), 4, "the shared directory is listed once");
-    assert_eq!(got[0], root, "the root comes first");
     assert_eq!(sorted(got), sorted(all));
 }
 
@@ -609,4 +609,193 @@ async fn get_tree_returns_the_part_that_is_present() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].directories, vec![empty]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_entry_claiming_a_huge_size_is_rejected() {
+    // The claimed (uncompressed) size comes from the client: the server must not trust it
+    // to size a buffer.
+    let server = TestServer::start().await;
+    let compressed = zstd::bulk::compress(b"tiny", 3).unwrap();
+    let huge = re::Digest {
+        size_bytes: 1 << 50,
+        ..digest(b"tiny")
+    };
+    let response = server
+        .cas()
+        .await
+        .batch_update_blobs(batch_update(vec![
+            re::batch_update_blobs_request::Request {
+                digest: Some(huge),
+                data: Bytes::from(compressed),
+                compressor: re::compressor::Value::Zstd as i32,
+            },
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_rpc_status(
+        response.responses[0].status.as_ref(),
+        Code::InvalidArgument,
+        &["ByteStream"],
+    );
+    assert!(is_stored(&server, b"").await, "the server is still up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_removed_behind_the_servers_back_reads_as_missing() {
+    let server = TestServer::start().await;
+    upload_blobs(&server, &[b"fragile"]).await;
+    std::fs::remove_file(common::blob_file(server.data_dir.path(), b"fragile")).unwrap();
+    let read = server
+        .cas()
+        .await
+        .batch_read_blobs(re::BatchReadBlobsRequest {
+            digests: vec![digest(b"fragile")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    expect_rpc_status(
+        read.responses[0].status.as_ref(),
+        Code::NotFound,
+        &["not in the CAS"],
+    );
+    // From then on it is reported missing, so a client uploads it again.
+    assert!(!is_stored(&server, b"fragile").await);
+    upload_blobs(&server, &[b"fragile"]).await;
+    assert!(is_stored(&server, b"fragile").await);
+    assert!(common::blob_file(server.data_dir.path(), b"fragile").exists());
+}
+
+// ---------------------------------------------------------------- BLAKE3
+
+fn b3(data: &[u8]) -> re::Digest {
+    rexd::digest::Digest::of(rexd::digest::DigestFunction::Blake3, data).to_proto()
+}
+
+const BLAKE3: i32 = re::digest_function::Value::Blake3 as i32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blake3_blobs_live_beside_sha256_ones() {
+    let server = TestServer::start().await;
+    let mut cas = server.cas().await;
+    let data = b"hashed with blake3";
+    let response = cas
+        .batch_update_blobs(re::BatchUpdateBlobsRequest {
+            requests: vec![
+                update(data, b3(data)),
+                // A SHA-256 digest does not verify under BLAKE3.
+                update(b"sha", digest(b"sha")),
+            ],
+            digest_function: BLAKE3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    expect_rpc_status(response.responses[0].status.as_ref(), Code::Ok, &[]);
+    expect_rpc_status(
+        response.responses[1].status.as_ref(),
+        Code::InvalidArgument,
+        &["does not match its digest"],
+    );
+
+    let missing = cas
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            blob_digests: vec![b3(data), b3(b"absent"), b3(b"")],
+            digest_function: BLAKE3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(
+        missing,
+        vec![b3(b"absent")],
+        "the empty blob is present for BLAKE3 too"
+    );
+    // The same hex under the default function (SHA-256) names another blob.
+    let missing = cas
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            blob_digests: vec![b3(data)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing, vec![b3(data)]);
+
+    let read = cas
+        .batch_read_blobs(re::BatchReadBlobsRequest {
+            digests: vec![b3(data)],
+            digest_function: BLAKE3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    expect_rpc_status(read.responses[0].status.as_ref(), Code::Ok, &[]);
+    assert_eq!(read.responses[0].data, &data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blake3_get_tree() {
+    let server = TestServer::start().await;
+    let leaf = re::Directory {
+        files: vec![re::FileNode {
+            name: "f".into(),
+            digest: Some(b3(b"f")),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let root = re::Directory {
+        directories: vec![re::DirectoryNode {
+            name: "leaf".into(),
+            digest: Some(b3(&leaf.encode_to_vec())),
+        }],
+        ..Default::default()
+    };
+    let blobs = [root.encode_to_vec(), leaf.encode_to_vec()];
+    let response = server
+        .cas()
+        .await
+        .batch_update_blobs(re::BatchUpdateBlobsRequest {
+            requests: blobs.iter().map(|b| update(b, b3(b))).collect(),
+            digest_function: BLAKE3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for r in &response.responses {
+        expect_rpc_status(r.status.as_ref(), Code::Ok, &[]);
+    }
+    let got = collect_tree(
+        &server,
+        re::GetTreeRequest {
+            root_digest: Some(b3(&blobs[0])),
+            digest_function: BLAKE3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got: Vec<re::Directory> = got.into_iter().flat_map(|p| p.directories).collect();
+    assert_eq!(sorted(got), sorted([root.clone(), leaf]));
+
+    // Asked under SHA-256, the same root is not there.
+    let result = collect_tree(
+        &server,
+        re::GetTreeRequest {
+            root_digest: Some(b3(&blobs[0])),
+            ..Default::default()
+        },
+    )
+    .await;
+    expect_status(result, Code::NotFound, &["root directory"]);
 }

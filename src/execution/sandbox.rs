@@ -407,27 +407,25 @@ impl EnterExecRoot {
 }
 
 /// Kills every process left running under `uid` (a plain-mode action's daemons that left its
-/// process group), by signalling all as that uid from a short-lived helper.
+/// process group). A short-lived thread takes that uid for itself alone (the raw syscall
+/// changes one thread's credentials, unlike libc's setuid) and signals everything the uid
+/// may signal; no process is spawned.
 pub fn kill_all_of_uid(uid: u32) {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("/bin/true");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setgid/setuid/kill are async-signal-safe; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            use nix::libc;
-            if libc::setgid(uid) < 0 || libc::setuid(uid) < 0 {
+    let killer = std::thread::spawn(move || {
+        use nix::libc;
+        // SAFETY: raw syscalls on this thread's own credentials; the thread ends right after,
+        // so the dropped privileges never serve anything else.
+        unsafe {
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Signals every process this uid may signal, except the caller itself.
             libc::kill(-1, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    match cmd.status() {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(uid, error = %e, "cannot clean up an action's processes"),
+        }
+        Ok(())
+    });
+    match killer.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(uid, error = %e, "cannot clean up an action's processes"),
+        Err(_) => tracing::warn!(uid, "the clean-up thread panicked"),
     }
 }

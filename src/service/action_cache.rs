@@ -80,21 +80,26 @@ impl ActionCache for ActionCacheService {
         let result = req
             .action_result
             .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))?;
-        let referenced = referenced_digests(function, &result)?;
-        let missing = self.ctx.cas.find_missing(&referenced);
-        if !missing.is_empty() {
-            return Err(Error::MissingBlobs(missing).into());
-        }
-        let ac = self.ctx.ac.clone();
+        // Malformed digests are the client's error; missing blobs (down to the files inside
+        // output trees) would make the entry useless, so it is refused rather than stored.
+        referenced_digests(function, &result)?;
+        let (cas, ac) = (self.ctx.cas.clone(), self.ctx.ac.clone());
         let instance_name = req.instance_name;
         let stored = result.clone();
-        blocking(move || ac.put(&instance_name, &digest, &stored)).await?;
+        blocking(move || {
+            let missing = tree::missing_blobs_of_result(&cas, function, &stored)?;
+            if !missing.is_empty() {
+                return Err(Error::MissingBlobs(missing));
+            }
+            ac.put(&instance_name, &digest, &stored)
+        })
+        .await?;
         Ok(Response::new(result))
     }
 }
 
-/// The top-level blobs a result names (files, trees, directories, stdout and stderr), checked
-/// for validity and presence before the result is stored.
+/// The top-level blobs a result names (files, trees, directories, stdout and stderr); fails
+/// on the first malformed one.
 fn referenced_digests(
     function: DigestFunction,
     result: &ActionResult,

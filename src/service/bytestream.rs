@@ -197,7 +197,7 @@ impl ByteStream for ByteStreamService {
             }
         };
 
-        let (tx, rx) = mpsc::channel::<Chunk>(8);
+        let (tx, rx) = mpsc::channel::<Chunk>(4);
         let cas = self.ctx.cas.clone();
         let compression = name.compression;
         let task = tokio::task::spawn_blocking(move || {

@@ -69,27 +69,53 @@ impl ContentAddressableStorage for CasService {
             ))
             .into());
         }
-        let cas = self.ctx.cas.clone();
-        let ctx = self.ctx.clone();
-        let responses = blocking(move || {
-            Ok(req
-                .requests
-                .into_iter()
-                .map(|r| {
-                    let result = Digest::from_required(function, r.digest.as_ref(), "blob")
-                        .and_then(|digest| {
-                            ctx.check_blob_size(&digest)?;
-                            let data = decompress(r.compressor, &digest, r.data, max)?;
-                            cas.put(&digest, &data)
-                        });
-                    batch_update_blobs_response::Response {
-                        digest: r.digest,
-                        status: Some(result.map_or_else(|e| e.to_rpc_status(), |()| ok_status())),
-                    }
-                })
-                .collect())
-        })
-        .await?;
+        // Decode and check every entry, then store the valid ones in parallel chunks, each
+        // with a single filesystem sync.
+        let mut responses: Vec<batch_update_blobs_response::Response> = Vec::new();
+        let mut valid: Vec<(usize, Digest, bytes::Bytes)> = Vec::new();
+        for r in req.requests {
+            let checked =
+                Digest::from_required(function, r.digest.as_ref(), "blob").and_then(|digest| {
+                    self.ctx.check_blob_size(&digest)?;
+                    Ok((digest, decompress(r.compressor, &digest, r.data, max)?))
+                });
+            responses.push(batch_update_blobs_response::Response {
+                digest: r.digest,
+                status: Some(ok_status()),
+            });
+            match checked {
+                Ok((digest, data)) => valid.push((responses.len() - 1, digest, data)),
+                Err(e) => {
+                    responses.last_mut().expect("just pushed").status = Some(e.to_rpc_status())
+                }
+            }
+        }
+        let chunks = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(valid.len().div_ceil(64))
+            .max(1);
+        let chunk_len = valid.len().div_ceil(chunks).max(1);
+        let mut tasks = Vec::new();
+        while !valid.is_empty() {
+            let rest = valid.split_off(chunk_len.min(valid.len()));
+            let chunk = std::mem::replace(&mut valid, rest);
+            let cas = self.ctx.cas.clone();
+            tasks.push(blocking(move || {
+                let (positions, items): (Vec<usize>, Vec<(Digest, bytes::Bytes)>) =
+                    chunk.into_iter().map(|(i, d, b)| (i, (d, b))).unzip();
+                Ok(positions
+                    .into_iter()
+                    .zip(cas.put_batch(items))
+                    .collect::<Vec<_>>())
+            }));
+        }
+        for outcome in futures::future::try_join_all(tasks).await? {
+            for (i, result) in outcome {
+                if let Err(e) = result {
+                    responses[i].status = Some(e.to_rpc_status());
+                }
+            }
+        }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 

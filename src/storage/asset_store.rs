@@ -166,10 +166,10 @@ impl AssetStore {
         self.len() == 0
     }
 
-    /// Every key naming `uri`, for diagnostics and tests.
-    pub fn keys_for_uri(&self, uri: &str) -> Vec<AssetKey> {
+    /// Every key held, for diagnostics and tests.
+    pub fn keys(&self) -> Vec<AssetKey> {
         let map = self.inner.map.lock().expect("asset map poisoned");
-        map.keys().filter(|k| k.uri == uri).cloned().collect()
+        map.keys().cloned().collect()
     }
 }
 

@@ -316,7 +316,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// `sysroot/bin/busybox` and one relative symlink per applet of [`APPLETS`].
-fn make_sysroot(sysroot: &Path) {
+pub fn make_sysroot(sysroot: &Path) {
     let bin = sysroot.join("bin");
     fs::create_dir_all(&bin).unwrap();
     fs::copy(BUSYBOX, bin.join("busybox"))
@@ -328,7 +328,7 @@ fn make_sysroot(sysroot: &Path) {
 
 /// Copies `src` into the existing directory `dst`, recursively. Skips a
 /// `sysroot` or `.bst` directory in case someone built in the fixture dir.
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let ty = entry.file_type()?;

@@ -450,6 +450,24 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// A temp directory outside every exec root that actions may write to and test code may
+/// read: world-writable, since rexd running as root drops actions to a per-worker uid.
+pub fn outside_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// An empty file in `dir` that actions running under different worker uids can all append to.
+pub fn shared_file(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    path
+}
+
 /// A shell snippet that waits until the file `go` exists.
 pub fn wait_for_file(go: &Path) -> String {
     format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display())

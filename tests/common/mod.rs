@@ -246,3 +246,56 @@ pub async fn is_stored(server: &TestServer, data: &[u8]) -> bool {
         .missing_blob_digests;
     missing.is_empty()
 }
+
+/// Loopback HTTP origin for Remote Asset download tests.
+pub mod origin;
+
+/// BuildStream 1.6 (Debian) against rexd as its Remote Asset artifact cache.
+pub mod bst1;
+
+/// Certificates made with rcgen, and TLS channels that use them.
+pub mod tls;
+
+impl TestServer {
+    /// Sends the shutdown signal without waiting for the server to stop, so a test can watch
+    /// a graceful shutdown while it drains.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to end (after [`TestServer::begin_shutdown`]); returns what
+    /// `rexd::server::run` returned.
+    pub async fn join(&mut self) -> Result<(), rexd::Error> {
+        self.handle
+            .take()
+            .expect("the server was already joined")
+            .await
+            .expect("the server task panicked")
+    }
+}
+
+/// Remote Asset request helpers.
+pub mod asset;
+
+/// A `sandbox.run_as_uid_base` that no other server of this test process, nor (barring a pid
+/// clash) of another test process, uses. With the plain backend, a worker kills every process
+/// of its uid when an action ends; servers sharing worker uids would kill each other's actions.
+pub fn private_uid_base() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 64;
+    1_000_000 + (std::process::id() % 1_000_000) * 1024 + n * 16
+}
+
+/// [`exec::start_plain`] with worker uids of its own (see [`private_uid_base`]); at most 16
+/// workers.
+pub async fn start_plain_isolated(edit: impl FnOnce(&mut Config)) -> TestServer {
+    exec::start_plain(|c| {
+        c.sandbox.run_as_uid_base = private_uid_base();
+        edit(c);
+        assert!(c.execution.worker_count() <= 16, "at most 16 workers");
+    })
+    .await
+}
