@@ -183,12 +183,13 @@ pub fn check_symlink_target(name: &str, target: &str, depth: usize) -> Result<()
             "symlink {name:?} has an absolute target {target:?}; this server disallows them"
         )));
     }
-    let mut level = depth as i64;
+    // Saturating: no tree is that deep, but `as` would wrap a huge depth to below the root.
+    let mut level = i64::try_from(depth).unwrap_or(i64::MAX);
     for part in target.split('/') {
         match part {
             "" | "." => {}
             ".." => level -= 1,
-            _ => level += 1,
+            _ => level = level.saturating_add(1),
         }
         if level < 0 {
             return Err(Error::InvalidArgument(format!(
@@ -332,5 +333,7 @@ mod tests {
         assert!(check_symlink_target("l", "../x", 0).is_err());
         assert!(check_symlink_target("l", "a/../../x", 0).is_err());
         assert!(check_symlink_target("l", "/etc/passwd", 3).is_err());
+        assert!(check_symlink_target("l", "a/../..", i64::MAX as usize).is_ok());
+        assert!(check_symlink_target("l", "../x", usize::MAX).is_ok());
     }
 }

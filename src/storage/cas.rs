@@ -96,11 +96,17 @@ impl Cas {
         };
         let mut on_disk = HashSet::new();
         for &function in DigestFunction::ALL {
+            // Shard directories are made on first use, so only existing ones are listed.
             let dir = cas.function_dir(function);
-            for shard in 0..=255u8 {
-                let shard_dir = dir.join(format!("{shard:02x}"));
-                ensure_dir(&shard_dir)?;
-                list_shard(function, &shard_dir, &mut on_disk)?;
+            ensure_dir(&dir)?;
+            let shards = fs::read_dir(&dir)
+                .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+            for shard in shards {
+                let shard =
+                    shard.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+                if shard.file_type().is_ok_and(|t| t.is_dir()) {
+                    list_shard(function, &shard.path(), &mut on_disk)?;
+                }
             }
         }
         // Saved order first (oldest first), then blobs the saved order does not know, which
@@ -291,7 +297,7 @@ impl Cas {
                 results.push(Err(mismatch(&digest, &actual)));
                 continue;
             }
-            if self.inner.index.touch(&digest) {
+            if self.contains(&digest) {
                 results.push(Ok(()));
                 continue;
             }
@@ -378,7 +384,15 @@ impl Cas {
         let dest = self.blob_path(digest);
         self.inner
             .index
-            .insert_with(*digest, true, || tmp.persist(&dest).map_err(|e| e.error))
+            .insert_with(*digest, true, || match tmp.persist(&dest) {
+                Ok(_) => Ok(()),
+                // The blob's shard directory is made on first use.
+                Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                    create_parent(&dest)?;
+                    e.file.persist(&dest).map(|_| ()).map_err(|e| e.error)
+                }
+                Err(e) => Err(e.error),
+            })
             .map_err(|e| self.write_error(format!("storing blob {digest}"), e))?;
         CasStats::add(&self.inner.stats.bytes_in, digest.size());
         self.maybe_evict();
@@ -416,14 +430,18 @@ impl Cas {
         fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
             .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
         let dest = self.blob_path(&digest);
-        let linked =
-            self.inner
-                .index
-                .insert_with(digest, true, || match fs::hard_link(path, &dest) {
-                    Ok(()) => Ok(true),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
-                    Err(_) => Ok(false),
-                });
+        let linked = self.inner.index.insert_with(digest, true, || {
+            let mut result = fs::hard_link(path, &dest);
+            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                create_parent(&dest)?;
+                result = fs::hard_link(path, &dest);
+            }
+            match result {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+                Err(_) => Ok(false),
+            }
+        });
         if !linked.unwrap_or(false) {
             // Links refused (another filesystem, link limit): copy through a temp file.
             let tmp = tempfile::Builder::new()
@@ -515,6 +533,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.cas.inner.index.lease(&self.digests, true);
     }
+}
+
+/// Creates the (shard) directory a blob goes in.
+fn create_parent(dest: &Path) -> io::Result<()> {
+    fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
 }
 
 /// Flushes every dirty page of the filesystem holding `file`: one call makes a whole batch
