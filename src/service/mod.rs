@@ -70,6 +70,19 @@ impl Context {
         Ok(())
     }
 
+    /// Whether a blob is stored and sound. A blob found on disk at start-up and not yet
+    /// checked is hashed once, on the blocking pool.
+    pub async fn blob_present(&self, digest: &crate::digest::Digest) -> Result<bool, Error> {
+        match self.cas.index().is_verified(digest) {
+            None => Ok(false),
+            Some(true) => Ok(self.cas.contains(digest)),
+            Some(false) => {
+                let (cas, digest) = (self.cas.clone(), *digest);
+                blocking(move || Ok(cas.contains(&digest))).await
+            }
+        }
+    }
+
     /// Largest total of blob bytes in one batch call.
     pub fn max_batch_bytes(&self) -> u64 {
         self.config.storage.max_batch_total_size.as_u64()

@@ -49,6 +49,11 @@ impl TestServer {
             ..Config::default()
         };
         config.storage.fsync = false;
+        // Servers in one test process run at once: each gets uids of its own for its
+        // actions, so one server's clean-up never kills another's actions.
+        static NEXT_UID_BASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        config.sandbox.run_as_uid_base =
+            62_000 + 16 * NEXT_UID_BASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         edit(&mut config);
         let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
             .await
