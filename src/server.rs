@@ -181,15 +181,21 @@ pub async fn run(
         auth = auth.enabled(),
         "rexd serving"
     );
+    let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = graceful_stop(
         shutdown,
         health_reporter,
         served.clone(),
         ctx.execution.clone(),
-        Duration::from_secs(limits.shutdown_grace_secs),
+        grace,
         shutting_down,
     );
-    builder
+    let stop = async move {
+        stop.await;
+        let _ = stopped_tx.send(());
+    };
+    let serve = builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(1024 * 1024 - 1)
@@ -235,9 +241,26 @@ pub async fn run(
         ))
         .add_optional_service(execution)
         .add_optional_service(operations)
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await
-        .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;
+        .serve_with_incoming_shutdown(incoming, stop);
+    // Once stopped, requests in flight get the grace period again to finish; a client holding
+    // a stream open for longer (a stalled upload or download) must not keep rexd running.
+    let overdue = async {
+        match stopped_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serve => {
+            served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;
+        }
+        () = overdue => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "requests still in flight after the grace period; stopping without them"
+            );
+        }
+    }
     order_saver.abort();
     if let Some(task) = metrics_task {
         task.abort();
