@@ -22,11 +22,16 @@ pub use operations::{OperationState, Operations, Progress};
 pub use scheduler::Scheduler;
 pub use spec::{ActionSpec, SpecLimits};
 
+/// Directories kept decoded in memory (a few hundred bytes each).
+const DIRECTORY_CACHE_ENTRIES: usize = 50_000;
+
 /// The execution side of the server: queue, operations and worker settings.
 pub struct Engine {
     pub scheduler: Arc<Scheduler>,
     pub limits: SpecLimits,
     pub sandbox: Arc<sandbox::Sandbox>,
+    /// Input directories already read and validated.
+    pub directories: spec::DirectoryCache,
     workers: worker::WorkerContext,
     worker_count: usize,
 }
@@ -70,6 +75,7 @@ impl Engine {
                 sandbox: sandbox.clone(),
             },
             sandbox,
+            directories: spec::DirectoryCache::new(DIRECTORY_CACHE_ENTRIES),
             worker_count: config.worker_count(),
             scheduler,
         })

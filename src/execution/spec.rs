@@ -18,7 +18,7 @@ pub struct ActionSpec {
     pub command: Command,
     pub input_root: Digest,
     /// Every directory of the input tree, by digest.
-    pub directories: Arc<HashMap<Digest, Directory>>,
+    pub directories: Arc<HashMap<Digest, Arc<Directory>>>,
     pub timeout: Duration,
     /// Platform properties the action asks for (Action.platform, else Command.platform).
     pub platform: BTreeMap<String, String>,
@@ -33,6 +33,33 @@ impl ActionSpec {
     }
 }
 
+/// Directories already read from the CAS and validated, by digest. Input trees of one build
+/// share most of their directories (toolchains, external repositories), so each is read,
+/// decoded and checked once rather than for every action.
+pub struct DirectoryCache {
+    // A std Mutex: lookups and inserts only.
+    entries: std::sync::Mutex<lru::LruCache<Digest, Arc<Directory>>>,
+}
+
+impl DirectoryCache {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity.max(1)).expect("non-zero");
+        DirectoryCache {
+            entries: std::sync::Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    fn get(&self, digest: &Digest) -> Option<Arc<Directory>> {
+        self.entries.lock().unwrap().get(digest).cloned()
+    }
+
+    fn insert(&self, digest: Digest, dir: Directory) -> Arc<Directory> {
+        let dir = Arc::new(dir);
+        self.entries.lock().unwrap().put(digest, dir.clone());
+        dir
+    }
+}
+
 /// Limits that come from the server's configuration.
 pub struct SpecLimits {
     pub default_timeout: Duration,
@@ -43,6 +70,7 @@ pub struct SpecLimits {
 /// as one FAILED_PRECONDITION.
 pub fn load(
     cas: &Cas,
+    cache: &DirectoryCache,
     instance: &str,
     action_digest: Digest,
     limits: &SpecLimits,
@@ -59,7 +87,7 @@ pub fn load(
     if command.is_none() {
         missing.push(command_digest);
     }
-    let directories = load_tree(cas, &input_root, &mut missing)?;
+    let directories = load_tree(cas, cache, &input_root, &mut missing)?;
     if !missing.is_empty() {
         // One violation per blob: a missing directory may be named by several parents,
         // and the same bytes may serve as a file, a directory and the command.
@@ -112,9 +140,10 @@ pub fn load(
 /// are added to `missing`.
 fn load_tree(
     cas: &Cas,
+    cache: &DirectoryCache,
     root: &Digest,
     missing: &mut Vec<Digest>,
-) -> Result<HashMap<Digest, Directory>, Error> {
+) -> Result<HashMap<Digest, Arc<Directory>>, Error> {
     let function = root.function();
     let mut directories = HashMap::new();
     let mut pending = vec![*root];
@@ -123,11 +152,17 @@ fn load_tree(
         if directories.contains_key(&digest) {
             continue;
         }
-        let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
-            missing.push(digest);
-            continue;
+        let dir = match cache.get(&digest) {
+            Some(dir) => dir,
+            None => {
+                let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
+                    missing.push(digest);
+                    continue;
+                };
+                validate_directory(&dir, &digest)?;
+                cache.insert(digest, dir)
+            }
         };
-        validate_directory(&dir, &digest)?;
         for f in &dir.files {
             files.push(Digest::from_required(
                 function,
@@ -153,7 +188,7 @@ fn load_tree(
 }
 
 fn check_symlinks(
-    directories: &HashMap<Digest, Directory>,
+    directories: &HashMap<Digest, Arc<Directory>>,
     digest: &Digest,
     depth: usize,
 ) -> Result<(), Error> {

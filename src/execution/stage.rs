@@ -76,7 +76,7 @@ pub struct StageStats {
 pub fn stage_tree(
     cas: &Cas,
     exec_cache: &ExecutableCache,
-    directories: &HashMap<Digest, Directory>,
+    directories: &HashMap<Digest, std::sync::Arc<Directory>>,
     root: &Digest,
     dest: &Path,
     owner: Option<(u32, u32)>,

@@ -110,7 +110,10 @@ impl Execution for ExecutionService {
             default_timeout: engine.limits.default_timeout,
             max_timeout: engine.limits.max_timeout,
         };
-        let mut spec = blocking(move || spec::load(&cas, &instance, digest, &limits)).await?;
+        let loader = engine.clone();
+        let mut spec =
+            blocking(move || spec::load(&cas, &loader.directories, &instance, digest, &limits))
+                .await?;
         spec.options = engine
             .sandbox
             .options_for(&spec.platform, &instance_config)?;
