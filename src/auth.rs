@@ -133,12 +133,24 @@ impl Authenticator {
 
     /// The tonic interceptor that authenticates every call of a service.
     pub fn interceptor(&self) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
+        self.interceptor_with(false)
+    }
+
+    /// Like [`Authenticator::interceptor`], but with `anonymous`, a call without any token
+    /// passes as if authentication were off (a bad token is still refused).
+    pub fn interceptor_with(
+        &self,
+        anonymous: bool,
+    ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
         let auth = self.clone();
         move |mut request: tonic::Request<()>| {
             let header = request
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
+            if anonymous && header.is_none() {
+                return Ok(request);
+            }
             match auth.authenticate(header) {
                 Ok(Some(identity)) => {
                     request.extensions_mut().insert(identity);

@@ -226,6 +226,9 @@ impl Default for SandboxConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Answer GetCapabilities without a token, for clients that send no headers on that
+    /// call (Bazel before 3.0). A bad token is still refused.
+    pub public_capabilities: bool,
 }
 
 /// TLS for the gRPC port.

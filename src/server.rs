@@ -210,7 +210,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             CapabilitiesServer::new(CapabilitiesService::new(ctx.clone())),
-            authn.clone(),
+            auth.interceptor_with(config.auth.public_capabilities),
         ))
         .add_service(InterceptedService::new(
             ContentAddressableStorageServer::new(CasService::new(ctx.clone()))

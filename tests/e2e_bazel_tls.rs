@@ -177,3 +177,84 @@ async fn bazel_remote_execution_with_a_token() {
         .expect("bazel test body panicked");
     drop(server);
 }
+
+/// Bazel 2.1 from npm (`@bazel/bazel-linux_x64`), whose bundled netty does speak TLS; it
+/// sends no custom headers, so this run covers TLS alone and the run above covers the token.
+fn bazel2() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("REXD_BAZEL2")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("node_modules/@bazel/bazel-linux_x64/bazel-2.1.0-linux-x86_64")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "Bazel 2.1 is missing in CI: npm install @bazel/bazel-linux_x64@2.1.0 (see .ci/run)"
+    );
+    eprintln!("SKIPPED: Bazel 2.1 not found (npm install --no-save @bazel/bazel-linux_x64@2.1.0)");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bazel_2_remote_execution_over_tls() {
+    let Some(bazel) = bazel2() else { return };
+    let pems = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rexd e2e CA");
+    let ca_file = write_pem(pems.path(), "ca.pem", &ca.cert_pem);
+    let tls = server_tls_config(pems.path(), &ca.server_cert(), None);
+    let server = TestServer::start_with(|c| c.tls = Some(tls)).await;
+    let url = format!("grpcs://localhost:{}", server.addr.port());
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("WORKSPACE"), "").unwrap();
+    std::fs::write(
+        ws.path().join("BUILD"),
+        "genrule(name = \"hello\", outs = [\"hello.txt\"], cmd = \"echo hello over tls > $@\")\n\
+         genrule(name = \"upper\", srcs = [\":hello\"], outs = [\"upper.txt\"], \
+         cmd = \"tr a-z A-Z < $< > $@\")\n",
+    )
+    .unwrap();
+    let root = concat!(env!("CARGO_TARGET_TMPDIR"), "/bazel2-root");
+    let ws_path = ws.path().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        let run = |args: &[String]| {
+            std::process::Command::new(&bazel)
+                .arg(format!("--output_user_root={root}"))
+                .arg("--max_idle_secs=30")
+                .args(args)
+                .current_dir(&ws_path)
+                .output()
+                .expect("running Bazel 2.1")
+        };
+        let output = run(&[
+            "build".into(),
+            "//:upper".into(),
+            format!("--remote_executor={url}"),
+            format!("--tls_certificate={}", ca_file.display()),
+            "--spawn_strategy=remote".into(),
+            "--remote_local_fallback=false".into(),
+        ]);
+        let _ = run(&["shutdown".into()]);
+        output
+    })
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "Bazel 2.1 over TLS failed:\n{log}");
+    let upper = std::fs::read_to_string(ws.path().join("bazel-bin/upper.txt")).unwrap();
+    assert_eq!(upper, "HELLO OVER TLS\n");
+    let ran = server
+        .ctx
+        .execution
+        .as_ref()
+        .unwrap()
+        .operations()
+        .list("")
+        .len();
+    assert!(
+        ran >= 2,
+        "both genrules ran on rexd ({ran} operations):\n{log}"
+    );
+}
