@@ -74,31 +74,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// The configuration in force: the file (or built-in defaults) with the CLI overrides.
-fn load_config(args: ServeArgs) -> Result<Config, String> {
-    let mut config = match &args.config {
+/// The configuration in force (the file, or the built-in defaults, with the CLI overrides),
+/// with logging set up from it; `None` after reporting an invalid configuration.
+fn load_config(args: ServeArgs) -> Option<Config> {
+    let loaded = match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
-    }
-    .map_err(|e| e.to_string())?;
+    };
+    let mut config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("rexd: {e}");
+            return None;
+        }
+    };
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = Some(dir);
     }
-    Ok(config)
+    init_logging(&config);
+    Some(config)
 }
 
 fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
-    let config = match load_config(args) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("rexd: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load_config(args) else {
+        return ExitCode::FAILURE;
     };
-    init_logging(&config);
     let data_dir = config.data_dir();
     let result = rexd::storage::Cas::open(&data_dir, config.storage.cas_options())
         .and_then(|cas| rexd::storage::verify::verify_all(&cas, !dry_run));
@@ -130,14 +133,9 @@ fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let config = match load_config(args) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("rexd: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load_config(args) else {
+        return ExitCode::FAILURE;
     };
-    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -300,13 +300,7 @@ fn validate_command(command: &Command) -> Result<(), Error> {
             command.working_directory
         )));
     }
-    #[allow(deprecated)]
-    let outputs = command
-        .output_files
-        .iter()
-        .chain(&command.output_directories)
-        .chain(&command.output_paths);
-    for path in outputs {
+    for path in declared_outputs(command) {
         if path.starts_with('/') || resolve_relative(&command.working_directory, path).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "output path {path:?} must be relative and stay inside the input root"
@@ -326,6 +320,16 @@ fn validate_command(command: &Command) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Every output path the command declares, in the v2.0 and v2.1 fields alike.
+pub fn declared_outputs(command: &Command) -> impl Iterator<Item = &String> {
+    #[allow(deprecated)]
+    command
+        .output_files
+        .iter()
+        .chain(&command.output_directories)
+        .chain(&command.output_paths)
 }
 
 /// Joins `path` onto `base` (both relative to the input root), resolving `.` and `..`;

@@ -152,14 +152,8 @@ pub fn create_output_parents(
     command: &Command,
     owner: Option<(u32, u32)>,
 ) -> Result<(), Error> {
-    #[allow(deprecated)]
-    let outputs = command
-        .output_files
-        .iter()
-        .chain(&command.output_directories)
-        .chain(&command.output_paths);
     make_dirs(exec_root, Path::new(&command.working_directory), owner)?;
-    for output in outputs {
+    for output in crate::execution::spec::declared_outputs(command) {
         let Some(rel) =
             crate::execution::spec::resolve_relative(&command.working_directory, output)
         else {
