@@ -60,7 +60,10 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
     }
     op.set_executing();
     tracing::info!(operation = %op.name, action = %job.spec.action_digest, worker, "executing");
-    let dir = ctx.work_dir.join(uuid::Uuid::new_v4().to_string());
+    // Each worker reuses one directory (its exec root emptied after every action, its stdout
+    // and stderr files truncated): creating and deleting inodes per action is a large part of
+    // a short action's cost on ext4, which scans recently deleted inodes on every create.
+    let dir = ctx.work_dir.join(format!("slot-{slot}"));
     let mut metadata = ExecutedActionMetadata {
         worker: worker.to_string(),
         queued_timestamp: Some(job.queued_at.into()),
@@ -116,13 +119,15 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
         "action completed"
     );
     complete(op, result, status);
-    if !(failed && ctx.keep_failed_action_dirs) {
-        let _ = blocking(move || {
-            remove_action_dir(&dir);
-            Ok(())
-        })
-        .await;
-    }
+    let keep = (failed && ctx.keep_failed_action_dirs).then(|| {
+        ctx.work_dir
+            .join(format!("failed-{}", uuid::Uuid::new_v4()))
+    });
+    let _ = blocking(move || {
+        reset_slot(&dir, keep.as_deref());
+        Ok(())
+    })
+    .await;
 }
 
 /// Completes `op` with a fresh (not cached) result.
@@ -171,6 +176,16 @@ async fn execute(
         blocking(move || {
             std::fs::create_dir_all(&exec_root)
                 .map_err(|e| Error::io(format!("creating {}", exec_root.display()), e))?;
+            let leftovers = std::fs::read_dir(&exec_root)
+                .map_err(|e| Error::io(format!("listing {}", exec_root.display()), e))?
+                .next()
+                .is_some();
+            if leftovers {
+                return Err(Error::Internal(format!(
+                    "{} still holds an earlier action's files",
+                    exec_root.display()
+                )));
+            }
             let stats =
                 stage::stage_tree(&cas, &exec_cache, &directories, &root, &exec_root, run_as)?;
             tracing::debug!(?stats, "staged inputs");
@@ -251,8 +266,8 @@ async fn execute(
             exit_code,
             ..Default::default()
         };
-        let stdout = cas.adopt_file(&dir.join("stdout"), function)?;
-        let stderr = cas.adopt_file(&dir.join("stderr"), function)?;
+        let stdout = adopt_output_stream(&cas, &dir.join("stdout"), function)?;
+        let stderr = adopt_output_stream(&cas, &dir.join("stderr"), function)?;
         cas.pin([&stdout, &stderr]);
         result.stdout_digest = Some(stdout.to_proto());
         result.stderr_digest = Some(stderr.to_proto());
@@ -275,10 +290,49 @@ async fn execute(
     Ok((result, status))
 }
 
-fn remove_action_dir(dir: &std::path::Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an action directory");
+/// Stores a captured stdout/stderr file. A file whose content became a CAS blob (it may now
+/// be that blob, hardlinked) is unlinked here so the next action cannot truncate it; an empty
+/// one stays for reuse.
+fn adopt_output_stream(
+    cas: &Cas,
+    path: &std::path::Path,
+    function: crate::digest::DigestFunction,
+) -> Result<crate::digest::Digest, Error> {
+    let digest = cas.adopt_file(path, function)?;
+    if digest.size() > 0 {
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(digest)
+}
+
+/// Empties a worker's exec root for the next action, or moves it to `keep` (a failed action's
+/// directory kept for debugging) and starts a fresh one.
+fn reset_slot(dir: &std::path::Path, keep: Option<&std::path::Path>) {
+    let root = dir.join("root");
+    let result = match keep {
+        Some(keep) => std::fs::rename(&root, keep),
+        None => std::fs::read_dir(&root).and_then(|entries| {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        }),
+    };
+    if let Err(e) = result
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        // Whatever stays must not leak into the next action: move it aside (cleared at the
+        // next start if it cannot be removed now); the next action gets a fresh root.
+        tracing::warn!(dir = %root.display(), error = %e, "cannot clean an action directory; starting afresh");
+        let trash = dir.with_file_name(format!("trash-{}", uuid::Uuid::new_v4()));
+        if std::fs::rename(&root, &trash).is_ok() {
+            let _ = std::fs::remove_dir_all(&trash);
         }
     }
 }
