@@ -226,6 +226,8 @@ impl Project {
              sourcedir: {state}/sources\n\
              logdir: {state}/logs\n\
              workspacedir: {state}/workspaces\n\
+             cache:\n\
+             \x20 reserved-disk-space: 64M\n\
              scheduler:\n\
              \x20 fetchers: 1\n\
              \x20 builders: 1\n\
