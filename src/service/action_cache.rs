@@ -11,6 +11,7 @@ use crate::proto::remote_execution::{
     action_cache_server::ActionCache,
 };
 use crate::service::{Context, blocking};
+use crate::storage::action_cache::lookup_complete;
 use crate::storage::{Cas, tree};
 
 /// Most bytes of stdout, stderr and output files inlined into one GetActionResult reply.
@@ -40,14 +41,10 @@ impl ActionCache for ActionCacheService {
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
         let ctx = self.ctx.clone();
         let result = blocking(move || {
-            let Some(mut result) = ctx.ac.get(&req.instance_name, &digest)? else {
+            let Some(mut result) = lookup_complete(&ctx.cas, &ctx.ac, &req.instance_name, &digest)?
+            else {
                 return Ok(None);
             };
-            let missing = tree::missing_blobs_of_result(&ctx.cas, function, &result)?;
-            if !missing.is_empty() {
-                tracing::debug!(%digest, missing = missing.len(), "action result incomplete; not served");
-                return Ok(None);
-            }
             inline_outputs(&ctx.cas, function, &mut result, &req)?;
             Ok(Some(result))
         })

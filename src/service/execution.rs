@@ -106,14 +106,11 @@ impl Execution for ExecutionService {
         }
 
         let cas = self.ctx.cas.clone();
-        let limits = spec::SpecLimits {
-            default_timeout: engine.limits.default_timeout,
-            max_timeout: engine.limits.max_timeout,
-        };
         let loader = engine.clone();
-        let mut spec =
-            blocking(move || spec::load(&cas, &loader.directories, &instance, digest, &limits))
-                .await?;
+        let mut spec = blocking(move || {
+            spec::load(&cas, &loader.directories, &instance, digest, &loader.limits)
+        })
+        .await?;
         spec.options = engine
             .sandbox
             .options_for(&spec.platform, &instance_config)?;
