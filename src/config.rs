@@ -121,6 +121,12 @@ pub struct ExecutionConfig {
     pub max_queued: usize,
     /// How long a finished operation stays queryable.
     pub operation_ttl_secs: u64,
+    /// Most finished operations kept queryable; the oldest are forgotten first.
+    pub max_finished_operations: usize,
+    /// Most memory finished operations may hold (responses and client metadata).
+    pub max_finished_operations_size: ByteSize,
+    /// Memory budget of the decoded input directories kept across actions.
+    pub directory_cache_size: ByteSize,
     /// Keep the directory of a failed action for debugging instead of removing it.
     pub keep_failed_action_dirs: bool,
     /// Platform properties the workers offer; an action asking for anything else is
@@ -137,6 +143,9 @@ impl Default for ExecutionConfig {
             max_timeout_secs: 3600,
             max_queued: 10_000,
             operation_ttl_secs: 600,
+            max_finished_operations: 10_000,
+            max_finished_operations_size: ByteSize::mib(16),
+            directory_cache_size: ByteSize::mib(8),
             keep_failed_action_dirs: false,
             platform: None,
         }
@@ -144,6 +153,15 @@ impl Default for ExecutionConfig {
 }
 
 impl ExecutionConfig {
+    /// What finished operations may retain.
+    pub fn retention(&self) -> crate::execution::operations::RetentionLimits {
+        crate::execution::operations::RetentionLimits {
+            ttl: std::time::Duration::from_secs(self.operation_ttl_secs),
+            max_count: self.max_finished_operations,
+            max_bytes: self.max_finished_operations_size.as_u64(),
+        }
+    }
+
     /// Workers in force.
     pub fn worker_count(&self) -> usize {
         match self.workers {

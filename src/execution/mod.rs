@@ -6,6 +6,7 @@ pub mod outputs;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;
+pub mod spawn;
 pub mod spec;
 pub mod stage;
 pub mod worker;
@@ -21,9 +22,6 @@ use crate::storage::{ActionCache, Cas};
 pub use operations::{OperationState, Operations, Progress};
 pub use scheduler::Scheduler;
 pub use spec::{ActionSpec, SpecLimits};
-
-/// Directories kept decoded in memory (a few hundred bytes each).
-const DIRECTORY_CACHE_ENTRIES: usize = 50_000;
 
 /// The execution side of the server: queue, operations and worker settings.
 pub struct Engine {
@@ -45,7 +43,7 @@ impl Engine {
         cas: Cas,
         ac: ActionCache,
     ) -> Result<Self, Error> {
-        let operations = Operations::new(Duration::from_secs(config.operation_ttl_secs));
+        let operations = Operations::new(config.retention());
         let scheduler = Arc::new(Scheduler::new(
             operations,
             config.platform_properties(),
@@ -75,7 +73,7 @@ impl Engine {
                 sandbox: sandbox.clone(),
             },
             sandbox,
-            directories: spec::DirectoryCache::new(DIRECTORY_CACHE_ENTRIES),
+            directories: spec::DirectoryCache::new(config.directory_cache_size.as_u64()),
             worker_count: config.worker_count(),
             scheduler,
         })

@@ -2,7 +2,6 @@
 //! kills its whole process group on exit, timeout or cancellation so nothing it started
 //! lives on.
 
-use std::fs::File;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -10,6 +9,7 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::execution::spawn;
 
 /// How a run ended.
 pub enum RunEnd {
@@ -22,20 +22,17 @@ pub enum RunEnd {
 /// Exit code of a process killed by SIGXFSZ: it wrote past the output size limit.
 pub const EXIT_FILE_TOO_LARGE: i32 = 128 + nix::libc::SIGXFSZ;
 
-/// Runs `cmd`, writing its stdout and stderr to the given files.
+/// Runs the prepared process (its stdout and stderr already attached to files).
 pub async fn run(
-    mut cmd: tokio::process::Command,
+    process: spawn::Prepared,
     program: &str,
-    stdout: File,
-    stderr: File,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<RunEnd, Error> {
-    cmd.stdout(stdout).stderr(stderr);
-    let mut child = cmd
-        .spawn()
+    let mut child = spawn::spawn(process)
+        .await
         .map_err(|e| Error::InvalidArgument(format!("cannot start command {program:?}: {e}")))?;
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let pgid = Some(Pid::from_raw(child.id() as i32));
     let end = tokio::select! {
         status = child.wait() => {
             let status = status.map_err(|e| Error::Internal(format!("waiting for the action: {e}")))?;

@@ -8,11 +8,13 @@
 //! that gets the mount and pid-namespace details right, and costs about 6 ms per action.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::config::{InstanceConfig, SandboxBackend, SandboxConfig, SandboxMode};
 use crate::error::Error;
+use crate::execution::spawn;
 use crate::proto::remote_execution::Command;
 
 /// Platform properties the sandbox interprets, rather than matching them against the
@@ -220,124 +222,117 @@ impl Sandbox {
     }
 
     /// Builds the process for an action: bubblewrap wrapping the command, or the command
-    /// itself; stdout and stderr are attached by the caller.
+    /// itself, with its output going to `stdout` and `stderr`.
     pub fn command(
         &self,
         command: &Command,
         exec_root: &Path,
         options: &ActionOptions,
         run_as: Option<(u32, u32)>,
-    ) -> Result<tokio::process::Command, Error> {
-        let workdir = exec_root.join(&command.working_directory);
-        let mut cmd = match &self.backend {
-            Backend::Plain => {
-                let mut cmd = tokio::process::Command::new(&command.arguments[0]);
-                cmd.args(&command.arguments[1..]).current_dir(&workdir);
-                cmd
-            }
-            Backend::Bwrap(bwrap) => {
-                let mut cmd = tokio::process::Command::new(bwrap);
-                cmd.args([
-                    "--unshare-user",
-                    "--unshare-ipc",
-                    "--unshare-pid",
-                    "--unshare-uts",
-                    "--unshare-cgroup-try",
-                ]);
-                if !options.network {
-                    cmd.arg("--unshare-net");
-                }
-                cmd.args(["--die-with-parent", "--new-session", "--hostname", "rexd"]);
-                if let Some(uid) = options.uid {
-                    cmd.arg("--uid").arg(uid.to_string());
-                }
-                if let Some(gid) = options.gid {
-                    cmd.arg("--gid").arg(gid.to_string());
-                }
-                // Under another uid, the action cannot traverse the private data directory to
-                // its exec root; the child first bind-mounts it at a public mount point in a
-                // mount namespace of its own (see `enter_exec_root`).
-                let source = match run_as {
-                    Some(_) => self.mount_point.clone(),
-                    None => exec_root.to_path_buf(),
-                };
-                let inside_root = match options.mode {
-                    SandboxMode::Host => {
-                        cmd.args([
-                            "--ro-bind",
-                            "/",
-                            "/",
-                            "--dev",
-                            "/dev",
-                            "--proc",
-                            "/proc",
-                            "--tmpfs",
-                            "/tmp",
-                        ])
-                        .arg("--bind")
-                        .arg(&source)
-                        .arg(HOST_EXEC_ROOT);
-                        Path::new(HOST_EXEC_ROOT)
-                    }
-                    SandboxMode::Chroot => {
-                        cmd.arg("--bind")
-                            .arg(&source)
-                            .arg("/")
-                            .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-                        Path::new("/")
-                    }
-                };
-                cmd.arg("--chdir")
-                    .arg(inside_root.join(&command.working_directory));
-                // bwrap runs with the action's environment, so its PATH lookup of
-                // arguments[0] happens inside the sandbox with the action's PATH.
-                cmd.arg("--").args(&command.arguments);
-                cmd.current_dir("/");
-                cmd
-            }
+        (stdout, stderr): (std::fs::File, std::fs::File),
+    ) -> Result<spawn::Prepared, Error> {
+        let (program, args, cwd): (OsString, Vec<OsString>, PathBuf) = match &self.backend {
+            Backend::Plain => (
+                command.arguments[0].clone().into(),
+                command.arguments[1..].iter().map(OsString::from).collect(),
+                // A plain process starts in its exec root (the child changes directory
+                // before it drops privileges), so it needs no mount to reach it.
+                exec_root.join(&command.working_directory),
+            ),
+            Backend::Bwrap(bwrap) => (
+                bwrap.clone().into(),
+                self.bwrap_args(command, exec_root, options, run_as),
+                PathBuf::from("/"),
+            ),
         };
-        cmd.env_clear()
-            .envs(
-                command
-                    .environment_variables
-                    .iter()
-                    .map(|v| (&v.name, &v.value)),
-            )
-            .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        // A plain process starts in its exec root (std changes directory before the
-        // pre-exec hook drops privileges), so it needs no mount to reach it.
-        let enter = match (run_as, &self.backend) {
-            (Some(ids), Backend::Bwrap(_)) => Some(EnterExecRoot::new(
-                Some((exec_root, self.mount_point.as_path())),
-                ids,
-            )?),
-            (Some(ids), Backend::Plain) => Some(EnterExecRoot::new(None, ids)?),
-            (None, _) => None,
+        // Under another uid, the action cannot traverse the private data directory to its
+        // exec root; the child first bind-mounts it at a public mount point in a mount
+        // namespace of its own.
+        let bind = match (&self.backend, run_as) {
+            (Backend::Bwrap(_), Some(_)) => Some((c_path(exec_root)?, c_path(&self.mount_point)?)),
+            _ => None,
         };
-        let nproc = run_as.map(|_| self.config.max_processes);
-        let memory = self.config.memory_limit.map(|m| m.as_u64());
-        let fsize = self.config.max_output_size.as_u64();
-        // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before
-        // the fork (unshare, mount, setgroups, setgid, setuid, setrlimit); no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                use nix::sys::resource::{Resource, setrlimit};
-                if let Some(enter) = &enter {
-                    enter.apply()?;
-                }
-                if let Some(n) = nproc {
-                    setrlimit(Resource::RLIMIT_NPROC, n, n)?;
-                }
-                if let Some(m) = memory {
-                    setrlimit(Resource::RLIMIT_AS, m, m)?;
-                }
-                setrlimit(Resource::RLIMIT_FSIZE, fsize, fsize)?;
-                Ok(())
-            });
+        let spec = spawn::Spec {
+            program,
+            args,
+            // bwrap runs with the action's environment, so its PATH lookup of arguments[0]
+            // happens inside the sandbox with the action's PATH.
+            env: command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
+            cwd,
+            stdout,
+            stderr,
+            credentials: run_as.map(|(uid, gid)| spawn::Credentials { bind, uid, gid }),
+            max_processes: run_as.map(|_| self.config.max_processes),
+            max_memory: self.config.memory_limit.map(|m| m.as_u64()),
+            max_file_size: self.config.max_output_size.as_u64(),
+        };
+        spec.prepare().map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot start command {:?}: {e}",
+                command.arguments[0]
+            ))
+        })
+    }
+
+    /// bubblewrap's arguments: fresh namespaces, the chosen view of the filesystem, then
+    /// the action's own command line.
+    fn bwrap_args(
+        &self,
+        command: &Command,
+        exec_root: &Path,
+        options: &ActionOptions,
+        run_as: Option<(u32, u32)>,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "--unshare-user",
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        if !options.network {
+            push(&["--unshare-net"]);
         }
-        Ok(cmd)
+        push(&["--die-with-parent", "--new-session", "--hostname", "rexd"]);
+        let uid = options.uid.map(|u| u.to_string());
+        let gid = options.gid.map(|g| g.to_string());
+        if let Some(uid) = &uid {
+            push(&["--uid", uid]);
+        }
+        if let Some(gid) = &gid {
+            push(&["--gid", gid]);
+        }
+        let source = match run_as {
+            Some(_) => self.mount_point.clone(),
+            None => exec_root.to_path_buf(),
+        };
+        let inside_root = match options.mode {
+            SandboxMode::Host => {
+                push(&["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind"]);
+                args.push(source.into());
+                args.push(HOST_EXEC_ROOT.into());
+                Path::new(HOST_EXEC_ROOT)
+            }
+            SandboxMode::Chroot => {
+                args.push("--bind".into());
+                args.push(source.into());
+                args.push("/".into());
+                args.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(OsString::from));
+                Path::new("/")
+            }
+        };
+        args.push("--chdir".into());
+        args.push(inside_root.join(&command.working_directory).into());
+        args.push("--".into());
+        args.extend(command.arguments.iter().map(OsString::from));
+        args
     }
 }
 
@@ -345,65 +340,10 @@ impl Sandbox {
 /// up in outputs (debug info, say) are the same on every run.
 pub const HOST_EXEC_ROOT: &str = "/tmp/rexd/root";
 
-/// Drops an action to its uid in the forked child. Under bubblewrap it first makes the exec
-/// root reachable for that uid: still root, it enters a private mount namespace and binds
-/// the exec root onto a public mount point.
-struct EnterExecRoot {
-    /// Bind source and target, when a mount is needed.
-    mount: Option<(std::ffi::CString, std::ffi::CString)>,
-    uid: u32,
-    gid: u32,
-}
-
-impl EnterExecRoot {
-    fn new(mount: Option<(&Path, &Path)>, (uid, gid): (u32, u32)) -> Result<Self, Error> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| Error::Internal(format!("path {} contains NUL", p.display())))
-        };
-        let mount = match mount {
-            Some((source, target)) => Some((c(source)?, c(target)?)),
-            None => None,
-        };
-        Ok(EnterExecRoot { mount, uid, gid })
-    }
-
-    /// Runs in the forked child before exec.
-    fn apply(&self) -> std::io::Result<()> {
-        use nix::libc;
-        let check = |rc: libc::c_int| {
-            if rc < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
-        // SAFETY: raw syscalls with valid NUL-terminated strings owned by `self`.
-        unsafe {
-            if let Some((source, target)) = &self.mount {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                check(libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
-            }
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setgid(self.gid))?;
-            check(libc::setuid(self.uid))?;
-        }
-        Ok(())
-    }
+fn c_path(path: &Path) -> Result<std::ffi::CString, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Internal(format!("path {} contains NUL", path.display())))
 }
 
 /// Kills every process left running under `uid` (a plain-mode action's daemons that left its

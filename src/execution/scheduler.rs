@@ -1,8 +1,9 @@
 //! The action queue: priority order (lower `ExecutionPolicy.priority` first, FIFO within a
 //! priority), merging of identical in-flight actions, platform matching and a bounded length.
+//! Every step is O(log n) in the queue's length. The merge map holds only queued and running
+//! actions, so it is bounded by `max_queued` plus the workers.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -21,39 +22,15 @@ pub struct Job {
     pub queued_at: SystemTime,
 }
 
-struct Queued {
-    priority: i32,
-    seq: u64,
-    job: Arc<Job>,
-}
-
-impl Ord for Queued {
-    /// BinaryHeap pops the greatest: the lowest priority value, then the oldest.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .priority
-            .cmp(&self.priority)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.seq == other.seq
-    }
-}
-
-impl Eq for Queued {}
+/// Queue order: the lowest `ExecutionPolicy.priority` value first, then the oldest.
+type QueueKey = (i32, u64);
 
 #[derive(Default)]
 struct State {
-    queue: BinaryHeap<Queued>,
+    queue: BTreeMap<QueueKey, Arc<Job>>,
+    /// Where each queued operation sits in `queue`, by operation name, so a cancel removes
+    /// it in O(log n).
+    queued_keys: HashMap<String, QueueKey>,
     seq: u64,
     /// Cacheable actions queued or running, by (instance, action digest), for merging.
     in_flight: HashMap<(String, Digest), Arc<OperationState>>,
@@ -137,16 +114,16 @@ impl Scheduler {
         }
         tracing::info!(operation = %op.name, action = %spec.action_digest, priority, "queued");
         state.seq += 1;
-        let seq = state.seq;
-        state.queue.push(Queued {
-            priority,
-            seq,
-            job: Arc::new(Job {
+        let key = (priority, state.seq);
+        state.queued_keys.insert(op.name.clone(), key);
+        state.queue.insert(
+            key,
+            Arc::new(Job {
                 spec,
                 op: op.clone(),
                 queued_at: SystemTime::now(),
             }),
-        });
+        );
         drop(state);
         self.available.notify_one();
         Ok(op)
@@ -181,14 +158,15 @@ impl Scheduler {
             let notified = self.available.notified();
             {
                 let mut state = self.state.lock().unwrap();
-                if let Some(queued) = state.queue.pop() {
+                if let Some((_, job)) = state.queue.pop_first() {
+                    state.queued_keys.remove(&job.op.name);
                     state.running += 1;
                     let more = !state.queue.is_empty();
                     drop(state);
                     if more {
                         self.available.notify_one();
                     }
-                    return queued.job;
+                    return job;
                 }
             }
             notified.await;
@@ -212,9 +190,10 @@ impl Scheduler {
     /// Removes a queued operation; `true` if it was still waiting (and is now gone).
     pub fn dequeue(&self, op: &Arc<OperationState>) -> bool {
         let mut state = self.state.lock().unwrap();
-        let before = state.queue.len();
-        state.queue.retain(|q| !Arc::ptr_eq(&q.job.op, op));
-        let removed = state.queue.len() != before;
+        let removed = match state.queued_keys.remove(&op.name) {
+            Some(key) => state.queue.remove(&key).is_some(),
+            None => false,
+        };
         if removed {
             let key = (op.instance.clone(), op.action_digest);
             if state
@@ -232,7 +211,11 @@ impl Scheduler {
     pub fn close(&self) -> Vec<Arc<OperationState>> {
         let mut state = self.state.lock().unwrap();
         state.closed = true;
-        let drained: Vec<_> = state.queue.drain().map(|q| q.job.op.clone()).collect();
+        state.queued_keys.clear();
+        let drained: Vec<_> = std::mem::take(&mut state.queue)
+            .into_values()
+            .map(|job| job.op.clone())
+            .collect();
         for op in &drained {
             state
                 .in_flight

@@ -35,28 +35,63 @@ impl ActionSpec {
 
 /// Directories already read from the CAS and validated, by digest. Input trees of one build
 /// share most of their directories (toolchains, external repositories), so each is read,
-/// decoded and checked once rather than for every action.
+/// decoded and checked once rather than for every action. Bounded by an estimate of the
+/// memory the decoded directories hold.
 pub struct DirectoryCache {
     // A std Mutex: lookups and inserts only.
-    entries: std::sync::Mutex<lru::LruCache<Digest, Arc<Directory>>>,
+    state: std::sync::Mutex<DirectoryCacheState>,
+    max_bytes: u64,
+}
+
+struct DirectoryCacheState {
+    entries: lru::LruCache<Digest, Arc<Directory>>,
+    bytes: u64,
+}
+
+/// Memory a decoded directory holds, estimated from its encoded size: decoding roughly
+/// triples it (a String and an Option per field), plus the cache entry itself.
+fn decoded_bytes(digest: &Digest) -> u64 {
+    digest.size().saturating_mul(3).saturating_add(256)
 }
 
 impl DirectoryCache {
-    pub fn new(capacity: usize) -> Self {
-        let capacity = std::num::NonZeroUsize::new(capacity.max(1)).expect("non-zero");
+    pub fn new(max_bytes: u64) -> Self {
         DirectoryCache {
-            entries: std::sync::Mutex::new(lru::LruCache::new(capacity)),
+            state: std::sync::Mutex::new(DirectoryCacheState {
+                entries: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            max_bytes,
         }
     }
 
     fn get(&self, digest: &Digest) -> Option<Arc<Directory>> {
-        self.entries.lock().unwrap().get(digest).cloned()
+        self.state.lock().unwrap().entries.get(digest).cloned()
     }
 
     fn insert(&self, digest: Digest, dir: Directory) -> Arc<Directory> {
         let dir = Arc::new(dir);
-        self.entries.lock().unwrap().put(digest, dir.clone());
+        let weight = decoded_bytes(&digest);
+        if weight > self.max_bytes {
+            return dir;
+        }
+        let mut state = self.state.lock().unwrap();
+        if state.entries.put(digest, dir.clone()).is_none() {
+            state.bytes += weight;
+        }
+        while state.bytes > self.max_bytes {
+            let Some((old, _)) = state.entries.pop_lru() else {
+                break;
+            };
+            state.bytes -= decoded_bytes(&old);
+        }
         dir
+    }
+
+    /// Directories held, and their estimated bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let state = self.state.lock().unwrap();
+        (state.entries.len(), state.bytes)
     }
 }
 
@@ -351,6 +386,28 @@ pub fn resolve_relative(base: &str, path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_directory_cache_stays_within_its_bytes() {
+        let max = 64 * 1024;
+        let cache = DirectoryCache::new(max);
+        for i in 0..10_000u32 {
+            let dir = Directory {
+                files: vec![crate::proto::remote_execution::FileNode {
+                    name: format!("file-{i}"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let encoded = prost::Message::encode_to_vec(&dir);
+            let digest = Digest::of(crate::digest::DigestFunction::Sha256, &encoded);
+            cache.insert(digest, dir);
+            assert!(cache.get(&digest).is_some(), "the newest is kept");
+        }
+        let (count, bytes) = cache.usage();
+        assert!(bytes <= max, "{bytes} bytes held");
+        assert!(count > 100 && count < 1000, "{count} directories held");
+    }
 
     #[test]
     fn relative_paths() {

@@ -93,13 +93,16 @@ impl Execution for ExecutionService {
             if let Some(result) =
                 blocking(move || lookup_complete(&cas, &ac, &inst, &digest)).await?
             {
-                let op = engine.operations().create(&instance, digest, metadata);
-                op.complete(ExecuteResponse {
-                    result: Some(result),
-                    cached_result: true,
-                    status: Some(Default::default()),
-                    ..Default::default()
-                });
+                let op = crate::execution::Operations::completed(
+                    &instance,
+                    digest,
+                    ExecuteResponse {
+                        result: Some(result),
+                        cached_result: true,
+                        status: Some(Default::default()),
+                        ..Default::default()
+                    },
+                );
                 tracing::info!(operation = %op.name, action = %digest, "served from the action cache");
                 return Ok(Response::new(watch(op)));
             }

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Role};
 use crate::error::Error;
+use crate::execution::operations::name_prefix;
 use crate::execution::{Engine, OperationState};
 use crate::proto::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
@@ -65,6 +66,26 @@ pub fn cancel(engine: &Engine, op: &Arc<OperationState>, reason: &str) {
     tracing::info!(operation = %op.name, action = %op.action_digest, dequeued, "cancelled");
 }
 
+/// A page token is the name of the last operation of the previous page: the instance's
+/// operation prefix and a UUID. That operation may be gone since; the position still holds.
+/// Anything else was not issued by this server.
+fn check_page_token(instance: &str, token: &str) -> Result<(), Error> {
+    if token.is_empty() {
+        return Ok(());
+    }
+    let issued = token
+        .strip_prefix(&name_prefix(instance))
+        .is_some_and(|id| uuid::Uuid::try_parse(id).is_ok());
+    if issued {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "page_token {token:?} was not issued by this server for instance {instance:?}; \
+             start again with an empty page_token"
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl Operations for OperationsService {
     async fn list_operations(
@@ -92,18 +113,16 @@ impl Operations for OperationsService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let all = self.engine()?.operations().list(instance);
-        let start = all.partition_point(|op| req.page_token.as_str() >= op.name.as_str());
-        let page: Vec<Operation> = all[start..]
-            .iter()
-            .take(page_size)
-            .map(|op| op.to_proto())
-            .collect();
-        let next_page_token = if start + page.len() < all.len() {
-            page.last().map(|op| op.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        check_page_token(instance, &req.page_token)?;
+        let (page, more) = self
+            .engine()?
+            .operations()
+            .page(instance, &req.page_token, page_size);
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => last.name.clone(),
+            _ => String::new(),
         };
+        let page: Vec<Operation> = page.iter().map(|op| op.to_proto()).collect();
         Ok(Response::new(ListOperationsResponse {
             operations: page,
             next_page_token,

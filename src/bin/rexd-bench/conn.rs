@@ -88,6 +88,11 @@ impl Conn {
             .map_err(|e| format!("connecting: {e}"))?)
     }
 
+    /// The shared channel, for clients this module does not build.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn cas(&self) -> ContentAddressableStorageClient<Channel> {
         ContentAddressableStorageClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)

@@ -8,6 +8,7 @@
 //! - `cas`: the `batch` and `find-missing` workloads.
 //! - `exec`: `exec-noop`, `exec-cached`, `exec-throughput` and the Execute helpers.
 //! - `stage`: an action over a wide input tree.
+//! - `soak`: a long request mix reported window by window (not part of `all`).
 //! - `report`: figures, statistics, machine facts, server RSS; `json`: the `--json` writer.
 
 mod cas;
@@ -16,6 +17,7 @@ mod data;
 mod exec;
 mod json;
 mod report;
+mod soak;
 mod stage;
 mod transfer;
 
@@ -95,6 +97,15 @@ struct Cli {
     /// Timed runs of the `stage` action (each a new action over the same tree).
     #[arg(long, default_value_t = 3)]
     stage_runs: usize,
+    /// Requests `soak` sends in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    soak_requests: u64,
+    /// Requests per `soak` report window.
+    #[arg(long, default_value_t = 50_000)]
+    soak_window: u64,
+    /// Requests in flight during `soak`.
+    #[arg(long, default_value_t = 16)]
+    soak_concurrency: usize,
     /// Untimed iterations before each timed execution loop.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
@@ -122,6 +133,8 @@ enum Workload {
     ExecCached,
     ExecThroughput,
     Stage,
+    /// Long mixed load with per-window figures; only run when named.
+    Soak,
     All,
 }
 
@@ -147,6 +160,7 @@ impl Workload {
             Workload::ExecCached => "exec-cached",
             Workload::ExecThroughput => "exec-throughput",
             Workload::Stage => "stage",
+            Workload::Soak => "soak",
             Workload::All => "all",
         }
     }
@@ -154,7 +168,11 @@ impl Workload {
     fn needs_execution(self) -> bool {
         matches!(
             self,
-            Workload::ExecNoop | Workload::ExecCached | Workload::ExecThroughput | Workload::Stage
+            Workload::ExecNoop
+                | Workload::ExecCached
+                | Workload::ExecThroughput
+                | Workload::Stage
+                | Workload::Soak
         )
     }
 }
@@ -191,6 +209,9 @@ impl Cli {
             ("--throughput-concurrency", self.throughput_concurrency),
             ("--stage-dirs", self.stage_dirs),
             ("--stage-runs", self.stage_runs),
+            ("--soak-requests", self.soak_requests as usize),
+            ("--soak-window", self.soak_window as usize),
+            ("--soak-concurrency", self.soak_concurrency),
         ];
         match counts.iter().find(|(_, n)| *n == 0) {
             Some((flag, _)) => Err(format!("{flag} must be at least 1")),
@@ -264,7 +285,7 @@ async fn main() -> ExitCode {
         } else {
             let rss = cli.server_pid.map(RssPeak::start);
             let started = Instant::now();
-            let result = run(&cli, &conn, workload, &mut uploaded).await;
+            let result = run(&cli, &out, &conn, workload, &mut uploaded).await;
             let peak = rss.and_then(RssPeak::finish);
             match result {
                 Ok(outcome) => Ran::Done(outcome, started.elapsed(), peak),
@@ -292,6 +313,7 @@ async fn main() -> ExitCode {
 
 async fn run(
     cli: &Cli,
+    out: &Out,
     conn: &Conn,
     workload: Workload,
     uploaded: &mut Option<transfer::Uploaded>,
@@ -341,6 +363,15 @@ async fn run(
         Workload::Stage => {
             let (files, dirs, runs) = (cli.stage_files, cli.stage_dirs, cli.stage_runs);
             stage::stage(conn, &env, cli.seed, files, dirs, runs).await
+        }
+        Workload::Soak => {
+            let params = soak::SoakParams {
+                requests: cli.soak_requests,
+                window: cli.soak_window,
+                concurrency: cli.soak_concurrency,
+                server_pid: cli.server_pid,
+            };
+            soak::soak(conn, env, params, &|line| out.line(line)).await
         }
         Workload::All => unreachable!("`all` is expanded before running"),
     }
