@@ -281,6 +281,19 @@ pub struct LimitsConfig {
     pub max_blob_size: ByteSize,
     /// On SIGTERM, how long running actions may take to finish before they are cancelled.
     pub shutdown_grace_secs: u64,
+    /// Most interrupted ByteStream uploads kept resumable at once (each a temp file).
+    pub max_resumable_uploads: usize,
+    /// How long an interrupted upload stays resumable.
+    pub resumable_upload_ttl_secs: u64,
+}
+
+impl LimitsConfig {
+    pub fn upload_limits(&self) -> crate::storage::uploads::UploadLimits {
+        crate::storage::uploads::UploadLimits {
+            max_parked: self.max_resumable_uploads,
+            ttl: std::time::Duration::from_secs(self.resumable_upload_ttl_secs),
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -290,6 +303,8 @@ impl Default for LimitsConfig {
             max_concurrent_requests: 4096,
             max_blob_size: ByteSize::b(0),
             shutdown_grace_secs: 30,
+            max_resumable_uploads: 256,
+            resumable_upload_ttl_secs: 3600,
         }
     }
 }

@@ -83,12 +83,16 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
     } else {
         None
     };
+    let uploads = Arc::new(crate::storage::uploads::Uploads::new(
+        config.limits.upload_limits(),
+    ));
     Ok(Context {
         config: Arc::new(config),
         cas,
         ac,
         asset,
         execution,
+        uploads,
     })
 }
 

@@ -187,7 +187,9 @@ impl Registry {
         let bytes = OPERATION_OVERHEAD
             + op.name.len() as u64
             + response.encoded_len() as u64
-            + op.request_metadata.as_ref().map_or(0, |m| m.encoded_len() as u64);
+            + op.request_metadata
+                .as_ref()
+                .map_or(0, |m| m.encoded_len() as u64);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
         if !state.by_name.contains_key(&op.name) {
@@ -263,14 +265,24 @@ impl Operations {
     /// An operation that is complete from the start and never registered: an action-cache
     /// hit, the most common Execute, costs no retained state. Later lookups of its name
     /// get NOT_FOUND, which clients answer by executing again.
-    pub fn completed(instance: &str, action_digest: Digest, response: ExecuteResponse) -> Arc<OperationState> {
+    pub fn completed(
+        instance: &str,
+        action_digest: Digest,
+        response: ExecuteResponse,
+    ) -> Arc<OperationState> {
         let op = Self::new_state(Weak::new(), instance, action_digest, None);
         op.complete(response);
         op
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<OperationState>> {
-        self.registry.state.lock().unwrap().by_name.get(name).cloned()
+        self.registry
+            .state
+            .lock()
+            .unwrap()
+            .by_name
+            .get(name)
+            .cloned()
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<OperationState>> {
@@ -347,7 +359,9 @@ impl Operations {
             let mut interval = tokio::time::interval(period);
             loop {
                 interval.tick().await;
-                let Some(registry) = weak.upgrade() else { return };
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
                 Operations { registry }.expire();
             }
         });
@@ -386,7 +400,11 @@ mod tests {
         assert!(op.to_proto().done);
         assert_eq!(ops.list("inst").len(), 1);
         assert!(ops.list("").is_empty());
-        assert_eq!(ops.finished_len(), 1, "a second completion is not counted twice");
+        assert_eq!(
+            ops.finished_len(),
+            1,
+            "a second completion is not counted twice"
+        );
     }
 
     #[test]

@@ -315,7 +315,18 @@ impl Sandbox {
         };
         let inside_root = match options.mode {
             SandboxMode::Host => {
-                push(&["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind"]);
+                push(&[
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "--tmpfs",
+                    "/tmp",
+                    "--bind",
+                ]);
                 args.push(source.into());
                 args.push(HOST_EXEC_ROOT.into());
                 Path::new(HOST_EXEC_ROOT)
@@ -324,7 +335,9 @@ impl Sandbox {
                 args.push("--bind".into());
                 args.push(source.into());
                 args.push("/".into());
-                args.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(OsString::from));
+                args.extend(
+                    ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(OsString::from),
+                );
                 Path::new("/")
             }
         };

@@ -97,7 +97,11 @@ impl Spec {
                 .map_or(DEFAULT_PATH, |(_, value)| value.as_bytes());
             path.split(|&b| b == b':')
                 .map(|dir| {
-                    let mut full = if dir.is_empty() { b".".to_vec() } else { dir.to_vec() };
+                    let mut full = if dir.is_empty() {
+                        b".".to_vec()
+                    } else {
+                        dir.to_vec()
+                    };
                     full.push(b'/');
                     full.extend_from_slice(program);
                     cstring("a PATH entry", &full)
@@ -111,7 +115,12 @@ impl Spec {
         let envp = self
             .env
             .iter()
-            .map(|(name, value)| cstring("an environment variable", format!("{name}={value}").as_bytes()))
+            .map(|(name, value)| {
+                cstring(
+                    "an environment variable",
+                    format!("{name}={value}").as_bytes(),
+                )
+            })
             .collect::<io::Result<_>>()?;
         let stdin = std::fs::File::open("/dev/null")?;
         let mut rlimits = vec![(libc::RLIMIT_FSIZE as libc::c_int, self.max_file_size)];
@@ -188,7 +197,10 @@ impl Drop for Child {
 }
 
 /// A spawn request for the spawner thread, and where its answer goes.
-type Request = (Prepared, oneshot::Sender<io::Result<(libc::pid_t, OwnedFd)>>);
+type Request = (
+    Prepared,
+    oneshot::Sender<io::Result<(libc::pid_t, OwnedFd)>>,
+);
 
 /// Starts the action's process.
 pub async fn spawn(prepared: Prepared) -> io::Result<Child> {
@@ -405,7 +417,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 rlim_cur: value,
                 rlim_max: value,
             };
-            if libc::syscall(libc::SYS_prlimit64, 0, resource, &limit, std::ptr::null::<libc::rlimit64>()) != 0 {
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                resource,
+                &limit,
+                std::ptr::null::<libc::rlimit64>(),
+            ) != 0
+            {
                 return fail(args, 7);
             }
         }
@@ -443,7 +462,10 @@ mod tests {
         Spec {
             program: program.into(),
             args: args.iter().map(|a| a.into()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             cwd: dir.to_path_buf(),
             stdout: std::fs::File::create(dir.join("out")).unwrap(),
             stderr: std::fs::File::create(dir.join("err")).unwrap(),
@@ -471,10 +493,14 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_an_error_not_a_child() {
         let dir = tempfile::tempdir().unwrap();
-        let err = spawn(spec("no-such-program-here", &[], &[], dir.path()).prepare().unwrap())
-            .await
-            .err()
-            .expect("spawning a missing program fails");
+        let err = spawn(
+            spec("no-such-program-here", &[], &[], dir.path())
+                .prepare()
+                .unwrap(),
+        )
+        .await
+        .err()
+        .expect("spawning a missing program fails");
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 

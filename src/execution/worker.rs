@@ -203,10 +203,20 @@ async fn execute(
     // Execute.
     let started = SystemTime::now();
     metadata.execution_start_timestamp = Some(started.into());
-    let process =
-        ctx.sandbox
-            .command(&spec.command, &exec_root, &spec.options, run_as, (stdout, stderr))?;
-    let end = runner::run(process, &spec.command.arguments[0], spec.timeout, &job.op.cancel).await;
+    let process = ctx.sandbox.command(
+        &spec.command,
+        &exec_root,
+        &spec.options,
+        run_as,
+        (stdout, stderr),
+    )?;
+    let end = runner::run(
+        process,
+        &spec.command.arguments[0],
+        spec.timeout,
+        &job.op.cancel,
+    )
+    .await;
     metadata.execution_completed_timestamp = now();
     if let (Some((uid, _)), Backend::Plain) = (run_as, &ctx.sandbox.backend) {
         // Without a pid namespace, a daemon that left the process group lives on; its uid

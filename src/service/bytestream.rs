@@ -4,10 +4,9 @@
 //! task; a write is fed chunk by chunk to a blocking task that hashes and writes it to a temp
 //! file, which is renamed into the CAS only once verified.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -24,59 +23,21 @@ use crate::proto::bytestream::{
 use crate::resource::{Compression, ResourceName};
 use crate::service::Context;
 use crate::storage::BlobWriter;
+use crate::storage::uploads::{Begun, Uploads};
 
 /// Size of each ReadResponse chunk; well under the 4 MiB most clients accept per message.
 const READ_CHUNK: usize = 1024 * 1024;
 /// zstd level for compressed reads: fast, as the point is saving wire bytes cheaply.
 const ZSTD_LEVEL: i32 = 1;
-/// How long an interrupted upload stays resumable.
-const PARTIAL_TTL: Duration = Duration::from_secs(3600);
-/// Most interrupted uploads kept at once; the oldest go first.
-const MAX_PARTIALS: usize = 256;
-
 pub struct ByteStreamService {
     ctx: Context,
-    partials: Arc<Partials>,
+    uploads: Arc<Uploads>,
 }
 
 impl ByteStreamService {
     pub fn new(ctx: Context) -> Self {
-        ByteStreamService {
-            ctx,
-            partials: Arc::default(),
-        }
-    }
-}
-
-/// Interrupted uncompressed uploads, kept so a client can resume at `committed_size`.
-#[derive(Default)]
-struct Partials {
-    // A std Mutex: held only for map operations, never across an await.
-    map: Mutex<HashMap<String, (BlobWriter, Instant)>>,
-}
-
-impl Partials {
-    fn take(&self, key: &str) -> Option<BlobWriter> {
-        self.map.lock().unwrap().remove(key).map(|(w, _)| w)
-    }
-
-    fn committed(&self, key: &str) -> Option<u64> {
-        self.map.lock().unwrap().get(key).map(|(w, _)| w.written())
-    }
-
-    fn keep(&self, key: String, writer: BlobWriter) {
-        let mut map = self.map.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, (_, since)| now.duration_since(*since) < PARTIAL_TTL);
-        if map.len() >= MAX_PARTIALS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(key, (writer, now));
+        let uploads = ctx.uploads.clone();
+        ByteStreamService { ctx, uploads }
     }
 }
 
@@ -176,8 +137,7 @@ impl ByteStream for ByteStreamService {
                 committed_size: committed,
             }));
         }
-        let key = upload_key(&name);
-        let resumed = self.partials.take(&key);
+        let Begun { upload, resumed } = self.uploads.begin(&upload_key(&name)).await;
         let start = match (first.write_offset, resumed) {
             (0, _) => None,
             (offset, Some(writer)) if !compressed && writer.written() == offset as u64 => {
@@ -185,9 +145,7 @@ impl ByteStream for ByteStreamService {
             }
             (offset, other) => {
                 let committed = other.as_ref().map_or(0, BlobWriter::written);
-                if let Some(writer) = other {
-                    self.partials.keep(key.clone(), writer);
-                }
+                self.uploads.end(&upload, other);
                 return Err(Error::InvalidArgument(format!(
                     "write_offset {offset} does not continue upload {:?}; committed_size is \
                      {committed}, ask QueryWriteStatus and resume from there",
@@ -200,12 +158,22 @@ impl ByteStream for ByteStreamService {
         let (tx, rx) = mpsc::channel::<Chunk>(4);
         let cas = self.ctx.cas.clone();
         let compression = name.compression;
+        let superseded = upload.superseded.clone();
+        let uploads = self.uploads.clone();
+        // The writer's task, not this handler, ends the upload in the registry: it owns the
+        // writer, and it runs to the end even if this handler is dropped.
         let task = tokio::task::spawn_blocking(move || {
-            let writer = match start {
-                Some(writer) => writer,
-                None => cas.writer(&digest)?,
+            let written = match start {
+                Some(writer) => Ok(writer),
+                None => cas.writer(&digest),
+            }
+            .and_then(|writer| write_chunks(writer, compression, rx, &upload.committed));
+            let (outcome, parked) = match written {
+                Ok((outcome, parked)) => (Ok(outcome), parked),
+                Err(e) => (Err(e), None),
             };
-            write_chunks(writer, compression, rx)
+            uploads.end(&upload, parked);
+            outcome
         });
 
         let resource_name = first.resource_name.clone();
@@ -236,10 +204,17 @@ impl ByteStream for ByteStreamService {
                 let _ = tx.send(Chunk::Finish).await;
                 break;
             }
-            match stream.message().await {
-                Ok(Some(msg)) => next = Some(msg),
-                Ok(None) => break,
-                Err(status) => stream_error = Some(status),
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(msg)) => next = Some(msg),
+                    Ok(None) => break,
+                    Err(status) => stream_error = Some(status),
+                },
+                _ = superseded.cancelled() => {
+                    stream_error = Some(Error::Aborted(format!(
+                        "a newer Write of {resource_name:?} took over this upload"
+                    )).into());
+                }
             }
         }
         if input_error.is_some() {
@@ -253,21 +228,16 @@ impl ByteStream for ByteStreamService {
             Outcome::Committed => Ok(Response::new(WriteResponse {
                 committed_size: offset,
             })),
-            Outcome::Unfinished(writer) => {
-                if let Some(writer) = writer {
-                    self.partials.keep(key, *writer);
-                }
-                Err(input_error
-                    .map(Status::from)
-                    .or(stream_error)
-                    .unwrap_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "Write stream for {resource_name:?} ended after {offset} bytes \
-                             without finish_write"
-                        ))
-                        .into()
-                    }))
-            }
+            Outcome::Unfinished => Err(input_error
+                .map(Status::from)
+                .or(stream_error)
+                .unwrap_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "Write stream for {resource_name:?} ended after {offset} bytes \
+                         without finish_write"
+                    ))
+                    .into()
+                })),
         }
     }
 
@@ -284,7 +254,7 @@ impl ByteStream for ByteStreamService {
                 complete: true,
             }));
         }
-        match self.partials.committed(&upload_key(&name)) {
+        match self.uploads.committed(&upload_key(&name)) {
             Some(committed) => Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: committed as i64,
                 complete: false,
@@ -308,51 +278,61 @@ enum Chunk {
 
 enum Outcome {
     Committed,
-    /// The stream ended early; the writer is kept when the upload can be resumed.
-    Unfinished(Option<Box<BlobWriter>>),
+    /// The stream ended early.
+    Unfinished,
 }
 
+/// Feeds the stream's chunks to the writer, counting them in `committed` as they land.
+/// Returns how the stream ended and, when it can be resumed, the writer to park.
 fn write_chunks(
     writer: BlobWriter,
     compression: Compression,
     mut rx: mpsc::Receiver<Chunk>,
-) -> Result<Outcome, Error> {
+    committed: &AtomicU64,
+) -> Result<(Outcome, Option<BlobWriter>), Error> {
     let digest = *writer.digest();
     match compression {
         Compression::Identity => {
             let mut writer = writer;
             while let Some(chunk) = rx.blocking_recv() {
                 match chunk {
-                    Chunk::Data(data) => writer
-                        .write_all(&data)
-                        .map_err(|e| write_error(&digest, e))?,
+                    Chunk::Data(data) => {
+                        writer
+                            .write_all(&data)
+                            .map_err(|e| write_error(&digest, e))?;
+                        committed.store(writer.written(), Ordering::Release);
+                    }
                     Chunk::Finish => {
                         writer.commit()?;
-                        return Ok(Outcome::Committed);
+                        return Ok((Outcome::Committed, None));
                     }
-                    Chunk::Abort => return Ok(Outcome::Unfinished(None)),
+                    Chunk::Abort => return Ok((Outcome::Unfinished, None)),
                 }
             }
-            Ok(Outcome::Unfinished(Some(Box::new(writer))))
+            Ok((Outcome::Unfinished, Some(writer)))
         }
         Compression::Zstd => {
             let mut decoder = zstd::stream::write::Decoder::new(writer)
                 .map_err(|e| Error::Internal(format!("starting a zstd decoder: {e}")))?;
             while let Some(chunk) = rx.blocking_recv() {
                 match chunk {
-                    Chunk::Data(data) => decoder
-                        .write_all(&data)
-                        .map_err(|e| write_error(&digest, e))?,
+                    Chunk::Data(data) => {
+                        decoder
+                            .write_all(&data)
+                            .map_err(|e| write_error(&digest, e))?;
+                        // Compressed uploads count the compressed bytes received.
+                        committed.fetch_add(data.len() as u64, Ordering::Release);
+                    }
                     Chunk::Finish => {
                         decoder.flush().map_err(|e| write_error(&digest, e))?;
                         decoder.into_inner().commit()?;
-                        return Ok(Outcome::Committed);
+                        return Ok((Outcome::Committed, None));
                     }
                     Chunk::Abort => break,
                 }
             }
             // A zstd stream cannot be resumed mid-frame: the client starts over.
-            Ok(Outcome::Unfinished(None))
+            Ok((Outcome::Unfinished, None))
         }
     }
 }

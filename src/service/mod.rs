@@ -28,6 +28,8 @@ pub struct Context {
     pub asset: crate::asset::Assets,
     /// The scheduler and workers; `None` when execution is disabled.
     pub execution: Option<Arc<Engine>>,
+    /// ByteStream uploads in progress or interrupted, for QueryWriteStatus and resumption.
+    pub uploads: Arc<crate::storage::uploads::Uploads>,
 }
 
 impl Context {

@@ -8,6 +8,7 @@ pub mod eviction;
 pub mod index;
 pub mod stats;
 pub mod tree;
+pub mod uploads;
 pub mod verify;
 
 pub use action_cache::ActionCache;

@@ -97,7 +97,12 @@ struct Window {
     started: Instant,
 }
 
-pub async fn soak(conn: &Conn, env: ExecEnv, params: SoakParams, print: &dyn Fn(&str)) -> Result<Outcome> {
+pub async fn soak(
+    conn: &Conn,
+    env: ExecEnv,
+    params: SoakParams,
+    print: &dyn Fn(&str),
+) -> Result<Outcome> {
     let fixture = Arc::new(setup(conn, env).await?);
     let next = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::channel::<Result<(Kind, f64)>>(1024);
@@ -136,7 +141,10 @@ pub async fn soak(conn: &Conn, env: ExecEnv, params: SoakParams, print: &dyn Fn(
         window.latencies.entry(kind).or_default().push(ms);
         done += 1;
         if done % params.window == 0 || done == params.requests {
-            let rss = params.server_pid.and_then(rss_kib).map(|k| k as f64 / 1024.0);
+            let rss = params
+                .server_pid
+                .and_then(rss_kib)
+                .map(|k| k as f64 / 1024.0);
             rss_peak = match (rss_peak, rss) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -170,7 +178,9 @@ pub async fn soak(conn: &Conn, env: ExecEnv, params: SoakParams, print: &dyn Fn(
             params.window,
             params.concurrency,
             elapsed.as_secs_f64(),
-            rss_peak.map_or(String::new(), |m| format!(", RSS at window ends peak {m:.1} MiB"))
+            rss_peak.map_or(String::new(), |m| format!(
+                ", RSS at window ends peak {m:.1} MiB"
+            ))
         ),
         params: Json::obj()
             .with("requests", done)
@@ -202,7 +212,10 @@ impl Window {
             parts.push(format!("{} {p50:.2}/{p99:.2}", kind.name()));
             kinds.set(
                 kind.name(),
-                Json::obj().with("count", n).with("p50_ms", p50).with("p99_ms", p99),
+                Json::obj()
+                    .with("count", n)
+                    .with("p50_ms", p50)
+                    .with("p99_ms", p99),
             );
         }
         let line = format!(
@@ -228,7 +241,13 @@ async fn setup(conn: &Conn, env: ExecEnv) -> Result<Fixture> {
         .collect();
     exec::upload_actions(conn, &actions).await?;
     for action in &actions {
-        exec::execute(conn.execution(), &conn.instance, &action.digest, env.timeout).await?;
+        exec::execute(
+            conn.execution(),
+            &conn.instance,
+            &action.digest,
+            env.timeout,
+        )
+        .await?;
     }
     let mut rng = Rng::new(0x50a4, "soak");
     let blob_salt = data::fresh_salt();
@@ -244,9 +263,10 @@ async fn setup(conn: &Conn, env: ExecEnv) -> Result<Fixture> {
         .take(FIND_MISSING_DIGESTS * 3 / 4)
         .map(|b| conn::digest(b))
         .collect();
-    digests.extend((0..FIND_MISSING_DIGESTS / 4).map(|i| {
-        conn::digest(format!("{salt}-soak-absent-{i}").as_bytes())
-    }));
+    digests.extend(
+        (0..FIND_MISSING_DIGESTS / 4)
+            .map(|i| conn::digest(format!("{salt}-soak-absent-{i}").as_bytes())),
+    );
     Ok(Fixture {
         conn: conn.clone(),
         cached: actions.into_iter().map(|a| a.digest).collect(),
