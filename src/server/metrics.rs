@@ -2,7 +2,8 @@
 //!
 //! RPC counts and latencies are recorded by [`RpcMetricsLayer`] around every gRPC call;
 //! storage and queue figures are read from their owners when `/metrics` is scraped, so the
-//! hot paths pay for nothing but a few atomic adds.
+//! hot paths pay for nothing but a few atomic adds. Label sets are bounded: methods by the
+//! served protos, codes by gRPC, outcomes by a fixed list.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -119,6 +120,37 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     }
 }
 
+/// The `method` label of an RPC: its path if this server serves it, else `other`, so that a
+/// client sending made-up paths cannot grow the label set (it is bounded by the methods of
+/// the served protos).
+fn method_label(path: &str) -> String {
+    static SERVED: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    let served = SERVED.get_or_init(|| {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
+        let ours = set.file.iter().flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service.method.iter().map(move |method| {
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                })
+            })
+        });
+        let extra = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ];
+        ours.chain(extra.map(String::from)).collect()
+    });
+    if served.contains(path) {
+        path.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 #[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
@@ -138,7 +170,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let method = method_label(req.uri().path());
         let start = Instant::now();
         let future = self.inner.call(req);
         Box::pin(async move {
@@ -158,5 +190,30 @@ where
                 .record(start.elapsed().as_secs_f64());
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_the_served_methods_or_other() {
+        assert_eq!(
+            method_label("/build.bazel.remote.execution.v2.Execution/Execute"),
+            "/build.bazel.remote.execution.v2.Execution/Execute"
+        );
+        assert_eq!(
+            method_label("/google.bytestream.ByteStream/Write"),
+            "/google.bytestream.ByteStream/Write"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        for made_up in 0..1000 {
+            assert_eq!(method_label(&format!("/made.Up/Method{made_up}")), "other");
+        }
+        assert_eq!(method_label("/google.bytestream.ByteStream/Nope"), "other");
     }
 }

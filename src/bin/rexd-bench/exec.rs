@@ -112,7 +112,17 @@ pub async fn execute(
                 .await
                 .map_err(|e| format!("Execute: {e}"))?
             {
-                Some(op) if op.done => return finished(op.result),
+                Some(op) if op.done => {
+                    // Read the stream to its end: dropping it early makes the client reset
+                    // the stream, and h2 closes a connection after 1024 such resets.
+                    while stream
+                        .message()
+                        .await
+                        .map_err(|e| format!("Execute: {e}"))?
+                        .is_some()
+                    {}
+                    return finished(op.result);
+                }
                 Some(op) => name = op.name,
                 None if name.is_empty() => {
                     return Err("the Execute stream ended before naming an operation".into());
