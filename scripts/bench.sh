@@ -39,57 +39,22 @@ else
 fi
 mkdir -p "$out"
 tmp=$(mktemp -d)
-server_pid=""
+# shellcheck source=scripts/rexd-server.sh
+. scripts/rexd-server.sh
+trap 'stop_rexd; rm -rf "$tmp"' EXIT
 
-stop_server() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid"
-    wait "$server_pid" || true
-  fi
-  server_pid=""
-}
-trap 'stop_server; rm -rf "$tmp"' EXIT
-
-# start_server BACKEND: rexd with that sandbox backend and a fresh data directory; sets
-# server_pid and url. Port 0 lets the kernel pick a free port; the log says which.
+# start_server BACKEND: rexd with that sandbox backend and a fresh data directory.
 servers=0
 start_server() {
   servers=$((servers + 1))
   local name=$1 dir="$tmp/$servers-$1"
-  mkdir -p "$dir"
-  cat >"$dir/rexd.toml" <<TOML
-listen = "127.0.0.1:0"
-data_dir = "$dir/data"
-log_level = "info"
-
-[sandbox]
-backend = "$name"
-TOML
-  NO_COLOR=1 RUST_LOG=info "$bin/rexd" --config "$dir/rexd.toml" 2>"$dir/rexd.log" &
-  server_pid=$!
-  local addr=""
-  for _ in $(seq 300); do
-    addr=$(sed -n 's/.*rexd serving.*local_addr=\([0-9.]*:[0-9]*\).*/\1/p' "$dir/rexd.log")
-    [ -n "$addr" ] && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "rexd (sandbox $name) did not start:" >&2
-      cat "$dir/rexd.log" >&2
-      server_pid=""
-      return 1
-    fi
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "rexd did not report its address" >&2; return 1; }
-  url="grpc://$addr"
+  start_rexd "$dir" 'log_level = "info"' '[sandbox]' "backend = \"$name\"" || return 1
   echo "== rexd pid $server_pid on $url (sandbox $name, data in $dir/data)" >&2
 }
+stop_server() { stop_rexd; }
 
 bench() {
   "$bin/rexd-bench" --target "$url" --server-pid "$server_pid" "${extra[@]}" "$@"
-}
-
-rss_mib() {
-  awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$server_pid/status"
 }
 
 echo "== 1. memory: idle, then four concurrent ${RSS_UPLOAD_SIZE:-256MiB} uploads" >&2

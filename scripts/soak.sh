@@ -25,48 +25,27 @@ out=target/bench
 mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 tmp=$(mktemp -d)
-server_pid=""
-stop_server() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid"
-    wait "$server_pid" || true
-  fi
-  server_pid=""
-}
-trap 'stop_server; rm -rf "$tmp"' EXIT
-
-cat >"$tmp/rexd.toml" <<TOML
-listen = "127.0.0.1:0"
-data_dir = "$tmp/data"
-TOML
-NO_COLOR=1 "$bin/rexd" --config "$tmp/rexd.toml" 2>"$tmp/rexd.log" &
-server_pid=$!
-addr=""
-for _ in $(seq 300); do
-  addr=$(sed -n 's/.*rexd serving.*local_addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/rexd.log" | head -n 1)
-  [ -n "$addr" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/rexd.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "rexd did not report its address" >&2; exit 1; }
-echo "== rexd pid $server_pid on grpc://$addr" >&2
+# shellcheck source=scripts/rexd-server.sh
+. scripts/rexd-server.sh
+trap 'stop_rexd; rm -rf "$tmp"' EXIT
+start_rexd "$tmp"
+echo "== rexd pid $server_pid on $url" >&2
 
 bench() {
-  "$bin/rexd-bench" --target "grpc://$addr" --server-pid "$server_pid" --json "$@"
+  "$bin/rexd-bench" --target "$url" --server-pid "$server_pid" --json "$@"
 }
-rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$server_pid/status"; }
 figure() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" "$1" | head -n 1; }
 
-echo "== 1. fresh server (RSS $(rss) MiB)" >&2
+echo "== 1. fresh server (RSS $(rss_mib) MiB)" >&2
 bench --exec-count 200 exec-noop exec-throughput >"$out/$stamp-soak-fresh.json"
 echo "== 2. soak: $requests requests" >&2
 bench --soak-requests "$requests" --soak-window "$window" soak >"$out/$stamp-soak.json"
-echo "== 3. the same server after the soak (RSS $(rss) MiB)" >&2
+echo "== 3. the same server after the soak (RSS $(rss_mib) MiB)" >&2
 bench --exec-count 200 exec-noop exec-throughput >"$out/$stamp-soak-after.json"
 
 f=$out/$stamp-soak-fresh.json a=$out/$stamp-soak-after.json
 echo >&2
 echo "exec-noop median:  fresh $(figure "$f" exec_noop_median_ms) ms, after $(figure "$a" exec_noop_median_ms) ms" >&2
 echo "exec-throughput:   fresh $(figure "$f" exec_throughput_actions_per_s)/s, after $(figure "$a" exec_throughput_actions_per_s)/s" >&2
-echo "soak RSS peak:     $(figure "$out/$stamp-soak.json" soak_rss_peak_mib) MiB; now $(rss) MiB" >&2
+echo "soak RSS peak:     $(figure "$out/$stamp-soak.json" soak_rss_peak_mib) MiB; now $(rss_mib) MiB" >&2
 echo "reports: $out/$stamp-soak*.json" >&2

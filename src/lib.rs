@@ -10,9 +10,11 @@
 //! - [`config`]: the TOML configuration, validated once at start-up.
 //! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
-//! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks.
+//! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks,
+//!   and the registry of live and interrupted ByteStream uploads.
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
-//! - [`execution`]: action specs, the scheduler, operations and the local workers.
+//! - [`execution`]: action specs, the scheduler, operations, the local workers, and the
+//!   spawn path that starts an action's process without forking the server.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
 //! - [`error`]: the crate error and its single mapping onto gRPC statuses.

@@ -132,7 +132,23 @@ fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
     }
 }
 
+/// glibc gives each thread that allocates its own malloc arena, up to eight per CPU. Upload
+/// and download buffers are allocated and freed on different threads (the async workers and
+/// the blocking pool), so every arena ends up holding its own free megabytes: four concurrent
+/// 256 MiB transfers peaked at 98 MiB of RSS and kept 66 MiB after. Two arenas keep the
+/// peak near 55 MiB at the same throughput. An operator's `MALLOC_ARENA_MAX` still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called before any other thread exists; mallopt only sets a tunable.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
+    limit_malloc_arenas();
     let Some(config) = load_config(args) else {
         return ExitCode::FAILURE;
     };

@@ -33,9 +33,10 @@ use crate::service::{
 use crate::service::{execution::ExecutionService, operations::OperationsService};
 use crate::storage::{ActionCache, Cas};
 
-/// Per-stream HTTP/2 flow-control window: enough to keep a fast link busy, small enough
-/// that a few concurrent uploads do not pile up tens of MiB in memory each.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-stream HTTP/2 flow-control window: enough to keep a fast link busy (loopback uploads
+/// ran as fast with 2 MiB as with 4), small enough that concurrent uploads do not pile up
+/// tens of MiB in memory each.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Per-connection window, shared by the streams of one client.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest ByteStream message accepted; clients send 16 KiB to 4 MiB chunks.
@@ -269,6 +270,9 @@ pub async fn run(
     if let Some(task) = metrics_task {
         task.abort();
     }
+    // Interrupted uploads die with the server: their temp files go now, and any write still
+    // finishing is not kept.
+    ctx.uploads.close();
     let cas = ctx.cas.clone();
     crate::service::blocking(move || cas.save_order()).await?;
     tracing::info!("rexd stopped");

@@ -620,9 +620,13 @@ async fn operations_and_wait_execution_need_roles() {
     let (server, _dir) = server().await;
     let fixture = Fixture::new(&server, "").await;
     let channel = server.channel().await;
-    // An operation to look at.
+    // An operation to look at: one that runs (a cache hit retains no operation).
+    let request = re::ExecuteRequest {
+        skip_cache_lookup: true,
+        ..fixture.action.request()
+    };
     let stream = ExecutionClient::new(channel.clone())
-        .execute(req(fixture.action.request(), Some(EXECUTOR)))
+        .execute(req(request, Some(EXECUTOR)))
         .await
         .unwrap()
         .into_inner();

@@ -161,6 +161,24 @@ async fn open_write(
     (tx, name, call)
 }
 
+/// Resumes the upload `name` at `offset` with the rest of `data`, and checks it commits.
+async fn finish_from(server: &TestServer, name: &str, data: &[u8], offset: usize) {
+    let rest = WriteRequest {
+        resource_name: name.to_string(),
+        write_offset: offset as i64,
+        finish_write: true,
+        data: Bytes::copy_from_slice(&data[offset..]),
+    };
+    let response = server
+        .bytestream()
+        .await
+        .write(futures::stream::iter([rest]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.committed_size, data.len() as i64);
+}
+
 async fn committed(server: &TestServer, name: &str) -> Result<i64, tonic::Status> {
     server
         .bytestream()
@@ -217,20 +235,7 @@ async fn query_write_status_answers_while_writing_and_right_after_the_stream_bre
     call.await.unwrap();
     assert_eq!(committed(&server, &name).await.unwrap(), 2 * MIB as i64);
     // And it resumes from there.
-    let rest = WriteRequest {
-        resource_name: name.clone(),
-        write_offset: 2 * MIB as i64,
-        finish_write: true,
-        data: Bytes::copy_from_slice(&data[2 * MIB..]),
-    };
-    let response = server
-        .bytestream()
-        .await
-        .write(futures::stream::iter([rest]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.committed_size, data.len() as i64);
+    finish_from(&server, &name, &data, 2 * MIB).await;
     assert_eq!(server.ctx.uploads.counts(), (0, 0));
 }
 
@@ -241,20 +246,7 @@ async fn a_new_write_takes_over_a_stream_still_open() {
     let (tx, name, call) = open_write(&server, &data, MIB / 2).await;
     wait_committed(&server, &name, MIB / 2).await;
     // The old stream stays open (its client vanished without a reset); the resume wins.
-    let rest = WriteRequest {
-        resource_name: name.clone(),
-        write_offset: (MIB / 2) as i64,
-        finish_write: true,
-        data: Bytes::copy_from_slice(&data[MIB / 2..]),
-    };
-    let response = server
-        .bytestream()
-        .await
-        .write(futures::stream::iter([rest]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.committed_size, data.len() as i64);
+    finish_from(&server, &name, &data, MIB / 2).await;
     drop(tx);
     call.await.unwrap();
     assert_eq!(server.ctx.uploads.counts(), (0, 0));

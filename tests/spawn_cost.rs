@@ -73,8 +73,11 @@ fn fork_spawn_ms() -> f64 {
 #[ignore = "a measurement, run by hand in release mode"]
 async fn spawn_cost_does_not_grow_with_resident_memory() {
     let dir = tempfile::tempdir().unwrap();
+    // Warm up: the spawner thread, the page cache, the dynamic loader's caches.
+    rexd_spawn_ms(dir.path()).await;
+    fork_spawn_ms();
     println!("resident heap | rexd spawn (clone VM|VFORK) | fork()-based spawn");
-    for mib in [12, 200] {
+    for mib in [12, 200, 12, 200] {
         let heap = resident(mib);
         let ours = rexd_spawn_ms(dir.path()).await;
         let forked = fork_spawn_ms();

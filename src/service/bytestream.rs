@@ -83,7 +83,9 @@ impl ByteStream for ByteStreamService {
             0 => remaining,
             n => n.min(remaining),
         };
-        let (tx, rx) = mpsc::channel(4);
+        // One chunk queued while the next is read: enough to keep the pipeline full, and
+        // each chunk queued per stream is a megabyte of server memory.
+        let (tx, rx) = mpsc::channel(1);
         let (opened_tx, opened_rx) = oneshot::channel();
         let cas = self.ctx.cas.clone();
         tokio::task::spawn_blocking(move || {
@@ -155,7 +157,8 @@ impl ByteStream for ByteStreamService {
             }
         };
 
-        let (tx, rx) = mpsc::channel::<Chunk>(4);
+        // As for reads: one chunk queued while the writer writes the previous one.
+        let (tx, rx) = mpsc::channel::<Chunk>(1);
         let cas = self.ctx.cas.clone();
         let compression = name.compression;
         let superseded = upload.superseded.clone();

@@ -59,6 +59,8 @@ struct State {
     slots: HashMap<String, Slot>,
     next_id: u64,
     parked: usize,
+    /// Set when the server stops: nothing is parked any more.
+    closed: bool,
 }
 
 pub struct Uploads {
@@ -151,7 +153,7 @@ impl Uploads {
         let Some(Slot::Live(live)) = state.slots.remove(&upload.key) else {
             unreachable!("checked above")
         };
-        if let Some(writer) = writer {
+        if let Some(writer) = writer.filter(|_| !state.closed) {
             let now = Instant::now();
             self.make_room(&mut state, now);
             state.slots.insert(
@@ -188,6 +190,14 @@ impl Uploads {
             state.slots.remove(&key);
             state.parked -= 1;
         }
+    }
+
+    /// Drops every interrupted upload (deleting its temp file) and parks none from now on.
+    pub fn close(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
+        state.slots.retain(|_, slot| matches!(slot, Slot::Live(_)));
+        state.parked = 0;
     }
 
     /// Bytes committed so far by the upload `key`, live or parked.
