@@ -154,8 +154,8 @@ impl Default for ExecutionConfig {
 
 impl ExecutionConfig {
     /// What finished operations may retain.
-    pub fn retention(&self) -> crate::execution::operations::RetentionLimits {
-        crate::execution::operations::RetentionLimits {
+    pub fn retention(&self) -> crate::execution::registry::RetentionLimits {
+        crate::execution::registry::RetentionLimits {
             ttl: std::time::Duration::from_secs(self.operation_ttl_secs),
             max_count: self.max_finished_operations,
             max_bytes: self.max_finished_operations_size.as_u64(),

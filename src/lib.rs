@@ -18,6 +18,7 @@
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
 //! - [`error`]: the crate error and its single mapping onto gRPC statuses.
+//! - [`offload`]: runs blocking work on the blocking pool, for every layer.
 //! - [`proto`]: generated protobuf and gRPC code.
 
 pub mod asset;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod execution;
+pub mod offload;
 pub mod proto;
 pub mod resource;
 pub mod server;

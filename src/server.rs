@@ -274,7 +274,7 @@ pub async fn run(
     // finishing is not kept.
     ctx.uploads.close();
     let cas = ctx.cas.clone();
-    crate::service::blocking(move || cas.save_order()).await?;
+    crate::offload::blocking(move || cas.save_order()).await?;
     tracing::info!("rexd stopped");
     Ok(())
 }
@@ -377,7 +377,7 @@ fn spawn_order_saver(cas: Cas) -> tokio::task::JoinHandle<()> {
         loop {
             interval.tick().await;
             let cas = cas.clone();
-            if let Err(e) = crate::service::blocking(move || cas.save_order()).await {
+            if let Err(e) = crate::offload::blocking(move || cas.save_order()).await {
                 tracing::warn!(error = %e, "cannot save the CAS use order");
             }
         }

@@ -26,8 +26,7 @@ async fn start_sandboxed(edit: impl FnOnce(&mut Config)) -> Option<TestServer> {
         .execution
         .as_ref()
         .unwrap()
-        .sandbox
-        .backend
+        .sandbox_backend()
         .clone();
     if backend == Backend::Plain {
         assert!(

@@ -19,7 +19,7 @@ use reqwest::{StatusCode, Url};
 use crate::asset::sri::Sri;
 use crate::config::AssetConfig;
 use crate::error::Error;
-use crate::service::blocking;
+use crate::offload::blocking;
 use crate::storage::asset_store::{AssetKey, AssetRecord};
 use crate::storage::{AssetStore, Cas};
 
@@ -88,7 +88,7 @@ impl Downloader {
                 client,
                 allowed_hosts,
                 max_size: config.max_download_size.as_u64(),
-                tmp_dir: cas.data_dir().join("tmp"),
+                tmp_dir: crate::storage::layout::tmp(cas.data_dir()),
                 cas,
                 store,
                 flights: Mutex::new(HashMap::new()),

@@ -170,7 +170,7 @@ impl Assets {
         let started = SystemTime::now();
         let this = self.clone();
         let q = query.clone();
-        let found = crate::service::blocking(move || this.lookup(&q, oldest)).await?;
+        let found = crate::offload::blocking(move || this.lookup(&q, oldest)).await?;
         if let Some(found) = found {
             return Ok(Fetched::Found(found));
         }

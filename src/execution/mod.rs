@@ -1,8 +1,11 @@
 //! Remote execution: validated action specs, the scheduler queue, the operations registry
-//! and the local workers that stage, run and collect actions.
+//! and the local workers that stage, run and collect actions. [`Engine`] is the one door
+//! into all of it.
 
+pub mod input_tree;
 pub mod operations;
 pub mod outputs;
+pub mod registry;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;
@@ -15,23 +18,40 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ExecutionConfig, SandboxConfig};
+use crate::config::{ExecutionConfig, InstanceConfig, SandboxConfig};
+use crate::digest::Digest;
 use crate::error::Error;
+use crate::offload::blocking;
+use crate::proto::remote_execution::RequestMetadata;
+use crate::storage::action_cache::lookup_complete;
 use crate::storage::{ActionCache, Cas};
 
-pub use operations::{OperationState, Operations, Progress};
+pub use operations::{OperationState, Progress};
+pub use registry::Operations;
 pub use scheduler::Scheduler;
 pub use spec::{ActionSpec, SpecLimits};
 
-/// The execution side of the server: queue, operations and worker settings.
+/// The execution side of the server, and the only door into it: [`Engine::execute`],
+/// [`Engine::wait`] and [`Engine::cancel`]. Work is handed to executors that ask the
+/// scheduler for it; the local worker slots are the first kind (see [`worker`]).
 pub struct Engine {
-    pub scheduler: Arc<Scheduler>,
-    pub limits: SpecLimits,
-    pub sandbox: Arc<sandbox::Sandbox>,
+    scheduler: Arc<Scheduler>,
+    limits: SpecLimits,
+    sandbox: Arc<sandbox::Sandbox>,
     /// Input directories already read and validated.
-    pub directories: spec::DirectoryCache,
+    directories: input_tree::DirectoryCache,
     workers: worker::WorkerContext,
     worker_count: usize,
+}
+
+/// An Execute call, validated by the adapter.
+pub struct Submission {
+    pub instance: InstanceConfig,
+    pub action_digest: Digest,
+    pub skip_cache_lookup: bool,
+    /// `ExecutionPolicy.priority`: lower runs first.
+    pub priority: i32,
+    pub request_metadata: Option<RequestMetadata>,
 }
 
 impl Engine {
@@ -49,14 +69,14 @@ impl Engine {
             config.platform_properties(),
             config.max_queued,
         ));
-        let work_dir = data_dir.join("work");
+        let work_dir = crate::storage::layout::work(data_dir);
         if work_dir.exists() {
             // Directories of actions that were running when the server stopped.
             std::fs::remove_dir_all(&work_dir)
                 .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
         }
         crate::storage::ensure_private_dir(&work_dir)?;
-        let exec_cache = Arc::new(stage::ExecutableCache::open(data_dir)?);
+        let exec_cache = Arc::new(crate::storage::ExecutableCache::open(data_dir)?);
         let sandbox = Arc::new(sandbox::Sandbox::detect(sandbox_config)?);
         Ok(Engine {
             limits: SpecLimits {
@@ -73,14 +93,107 @@ impl Engine {
                 sandbox: sandbox.clone(),
             },
             sandbox,
-            directories: spec::DirectoryCache::new(config.directory_cache_size.as_u64()),
+            directories: input_tree::DirectoryCache::new(config.directory_cache_size.as_u64()),
             worker_count: config.worker_count(),
             scheduler,
         })
     }
 
+    /// Answers an Execute: from the action cache when it holds a complete result (no
+    /// operation is retained for that), else by queueing the action or joining the
+    /// identical one in flight. The operation's updates are its [`OperationState::updates`].
+    pub async fn execute(
+        self: &Arc<Self>,
+        submission: Submission,
+    ) -> Result<Arc<OperationState>, Error> {
+        let Submission {
+            instance,
+            action_digest,
+            skip_cache_lookup,
+            priority,
+            request_metadata,
+        } = submission;
+        let name = instance.name.clone();
+        if !skip_cache_lookup {
+            let (cas, ac, inst) = (
+                self.workers.cas.clone(),
+                self.workers.ac.clone(),
+                name.clone(),
+            );
+            if let Some(result) =
+                blocking(move || lookup_complete(&cas, &ac, &inst, &action_digest)).await?
+            {
+                let op = Operations::completed(
+                    &name,
+                    action_digest,
+                    operations::execute_response(Some(result), true, None),
+                );
+                tracing::info!(operation = %op.name, action = %action_digest, "served from the action cache");
+                return Ok(op);
+            }
+        }
+        let this = self.clone();
+        let spec = blocking(move || {
+            spec::load(
+                &this.workers.cas,
+                &this.directories,
+                &instance,
+                &this.sandbox,
+                action_digest,
+                &this.limits,
+            )
+        })
+        .await?;
+        self.scheduler.submit(spec, priority, request_metadata)
+    }
+
+    /// The operation named `name`, to watch; NOT_FOUND once it is forgotten.
+    pub fn wait(&self, name: &str) -> Result<Arc<OperationState>, Error> {
+        self.operations()
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))
+    }
+
+    /// Cancels `op`: a queued action is dropped from the queue, a running one is killed by
+    /// its executor; either way every waiter sees CANCELLED.
+    pub fn cancel(&self, op: &Arc<OperationState>, reason: &str) {
+        if op.is_done() {
+            return;
+        }
+        let dequeued = self.scheduler.dequeue(op);
+        op.cancel.cancel();
+        if dequeued {
+            op.complete(operations::execute_response(
+                None,
+                false,
+                Some(Error::Cancelled(reason.to_string())),
+            ));
+        }
+        tracing::info!(operation = %op.name, action = %op.action_digest, dequeued, "cancelled");
+    }
+
     pub fn operations(&self) -> &Operations {
         self.scheduler.operations()
+    }
+
+    /// The platform properties the executors offer.
+    pub fn platform(&self) -> &std::collections::BTreeMap<String, String> {
+        self.scheduler.platform()
+    }
+
+    /// The isolation mechanism the local workers use.
+    pub fn sandbox_backend(&self) -> &sandbox::Backend {
+        &self.sandbox.backend
+    }
+
+    /// Actions waiting for an executor.
+    pub fn queued(&self) -> usize {
+        self.scheduler.queued()
+    }
+
+    /// Actions being run.
+    pub fn running(&self) -> usize {
+        self.scheduler.running()
     }
 
     /// Workers running actions.
@@ -92,12 +205,14 @@ impl Engine {
     /// finish for up to `grace`, then kills the rest. Every waiter of an action that did not
     /// finish sees UNAVAILABLE.
     pub async fn drain(&self, grace: Duration) {
-        let unavailable = |what: &str| crate::proto::remote_execution::ExecuteResponse {
-            status: Some(
-                Error::Unavailable(format!("the server shut down {what}; retry the action"))
-                    .to_rpc_status(),
-            ),
-            ..Default::default()
+        let unavailable = |what: &str| {
+            operations::execute_response(
+                None,
+                false,
+                Some(Error::Unavailable(format!(
+                    "the server shut down {what}; retry the action"
+                ))),
+            )
         };
         for op in self.scheduler.close() {
             op.complete(unavailable("before the action started"));

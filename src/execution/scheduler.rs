@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::execution::operations::{OperationState, Operations};
+use crate::execution::operations::OperationState;
+use crate::execution::registry::Operations;
 use crate::execution::spec::ActionSpec;
 use crate::proto::remote_execution::RequestMetadata;
 

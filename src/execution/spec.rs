@@ -1,13 +1,19 @@
 //! Loads what an Execute request names (Action, Command, the input tree) from the CAS and
 //! checks it, so that everything past this point works on a complete, canonical action.
 
-use std::collections::{BTreeMap, HashMap};
+// The input-tree checks, for the fuzzer, which reaches them through this module.
+pub use crate::execution::input_tree::{check_symlink_target, validate_directory_for_fuzzing};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::InstanceConfig;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::proto::remote_execution::{Action, Command, Directory};
+use crate::execution::input_tree::{self, InputTree};
+use crate::execution::sandbox::Sandbox;
+use crate::proto::remote_execution::{Action, Command};
 use crate::storage::{Cas, tree::read_message};
 
 /// An action ready to be scheduled: decoded, validated, with every input present.
@@ -16,9 +22,8 @@ pub struct ActionSpec {
     pub action_digest: Digest,
     pub action: Action,
     pub command: Command,
-    pub input_root: Digest,
-    /// Every directory of the input tree, by digest.
-    pub directories: Arc<HashMap<Digest, Arc<Directory>>>,
+    /// The input tree, parsed once.
+    pub inputs: Arc<InputTree>,
     pub timeout: Duration,
     /// Platform properties the action asks for (Action.platform, else Command.platform).
     pub platform: BTreeMap<String, String>,
@@ -33,68 +38,6 @@ impl ActionSpec {
     }
 }
 
-/// Directories already read from the CAS and validated, by digest. Input trees of one build
-/// share most of their directories (toolchains, external repositories), so each is read,
-/// decoded and checked once rather than for every action. Bounded by an estimate of the
-/// memory the decoded directories hold.
-pub struct DirectoryCache {
-    // A std Mutex: lookups and inserts only.
-    state: std::sync::Mutex<DirectoryCacheState>,
-    max_bytes: u64,
-}
-
-struct DirectoryCacheState {
-    entries: lru::LruCache<Digest, Arc<Directory>>,
-    bytes: u64,
-}
-
-/// Memory a decoded directory holds, estimated from its encoded size: decoding roughly
-/// triples it (a String and an Option per field), plus the cache entry itself.
-fn decoded_bytes(digest: &Digest) -> u64 {
-    digest.size().saturating_mul(3).saturating_add(256)
-}
-
-impl DirectoryCache {
-    pub fn new(max_bytes: u64) -> Self {
-        DirectoryCache {
-            state: std::sync::Mutex::new(DirectoryCacheState {
-                entries: lru::LruCache::unbounded(),
-                bytes: 0,
-            }),
-            max_bytes,
-        }
-    }
-
-    fn get(&self, digest: &Digest) -> Option<Arc<Directory>> {
-        self.state.lock().unwrap().entries.get(digest).cloned()
-    }
-
-    fn insert(&self, digest: Digest, dir: Directory) -> Arc<Directory> {
-        let dir = Arc::new(dir);
-        let weight = decoded_bytes(&digest);
-        if weight > self.max_bytes {
-            return dir;
-        }
-        let mut state = self.state.lock().unwrap();
-        if state.entries.put(digest, dir.clone()).is_none() {
-            state.bytes += weight;
-        }
-        while state.bytes > self.max_bytes {
-            let Some((old, _)) = state.entries.pop_lru() else {
-                break;
-            };
-            state.bytes -= decoded_bytes(&old);
-        }
-        dir
-    }
-
-    /// Directories held, and their estimated bytes.
-    pub fn usage(&self) -> (usize, u64) {
-        let state = self.state.lock().unwrap();
-        (state.entries.len(), state.bytes)
-    }
-}
-
 /// Limits that come from the server's configuration.
 pub struct SpecLimits {
     pub default_timeout: Duration,
@@ -105,8 +48,9 @@ pub struct SpecLimits {
 /// as one FAILED_PRECONDITION.
 pub fn load(
     cas: &Cas,
-    cache: &DirectoryCache,
-    instance: &str,
+    cache: &input_tree::DirectoryCache,
+    instance: &InstanceConfig,
+    sandbox: &Sandbox,
     action_digest: Digest,
     limits: &SpecLimits,
 ) -> Result<ActionSpec, Error> {
@@ -122,7 +66,7 @@ pub fn load(
     if command.is_none() {
         missing.push(command_digest);
     }
-    let directories = load_tree(cas, cache, &input_root, &mut missing)?;
+    let inputs = input_tree::load(cas, cache, input_root, &mut missing)?;
     if !missing.is_empty() {
         // One violation per blob: a missing directory may be named by several parents,
         // and the same bytes may serve as a file, a directory and the command.
@@ -158,163 +102,17 @@ pub fn load(
     {
         platform.insert(p.name.clone(), p.value.clone());
     }
+    let options = sandbox.options_for(&platform, instance)?;
     Ok(ActionSpec {
-        instance: instance.to_string(),
+        instance: instance.name.clone(),
         action_digest,
         action,
         command,
-        input_root,
-        directories: Arc::new(directories),
+        inputs: Arc::new(inputs),
         timeout,
         platform,
-        options: Default::default(),
+        options,
     })
-}
-
-/// Reads every directory under `root`, validating each; absent blobs (directories and files)
-/// are added to `missing`.
-fn load_tree(
-    cas: &Cas,
-    cache: &DirectoryCache,
-    root: &Digest,
-    missing: &mut Vec<Digest>,
-) -> Result<HashMap<Digest, Arc<Directory>>, Error> {
-    let function = root.function();
-    let mut directories = HashMap::new();
-    let mut pending = vec![*root];
-    let mut files = Vec::new();
-    while let Some(digest) = pending.pop() {
-        if directories.contains_key(&digest) {
-            continue;
-        }
-        let dir = match cache.get(&digest) {
-            Some(dir) => dir,
-            None => {
-                let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
-                    missing.push(digest);
-                    continue;
-                };
-                validate_directory(&dir, &digest)?;
-                cache.insert(digest, dir)
-            }
-        };
-        for f in &dir.files {
-            files.push(Digest::from_required(
-                function,
-                f.digest.as_ref(),
-                "input file",
-            )?);
-        }
-        for d in &dir.directories {
-            pending.push(Digest::from_required(
-                function,
-                d.digest.as_ref(),
-                "input directory",
-            )?);
-        }
-        directories.insert(digest, dir);
-    }
-    files.sort_unstable();
-    files.dedup();
-    missing.extend(cas.find_missing(&files));
-    // Symlinks may climb out of their own directory, but never out of the input root.
-    check_symlinks(&directories, root, 0)?;
-    Ok(directories)
-}
-
-fn check_symlinks(
-    directories: &HashMap<Digest, Arc<Directory>>,
-    digest: &Digest,
-    depth: usize,
-) -> Result<(), Error> {
-    let Some(dir) = directories.get(digest) else {
-        return Ok(());
-    };
-    for link in &dir.symlinks {
-        check_symlink_target(&link.name, &link.target, depth)?;
-    }
-    for child in &dir.directories {
-        let child =
-            Digest::from_required(digest.function(), child.digest.as_ref(), "input directory")?;
-        check_symlinks(directories, &child, depth + 1)?;
-    }
-    Ok(())
-}
-
-/// A symlink at `depth` directories below the root must stay inside the root.
-pub fn check_symlink_target(name: &str, target: &str, depth: usize) -> Result<(), Error> {
-    if target.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "symlink {name:?} has an empty target"
-        )));
-    }
-    if target.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
-            "symlink {name:?} has an absolute target {target:?}; this server disallows them"
-        )));
-    }
-    // Saturating: no tree is that deep, but `as` would wrap a huge depth to below the root.
-    let mut level = i64::try_from(depth).unwrap_or(i64::MAX);
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => level -= 1,
-            _ => level = level.saturating_add(1),
-        }
-        if level < 0 {
-            return Err(Error::InvalidArgument(format!(
-                "symlink {name:?} -> {target:?} points outside the input root"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Entry point for the fuzzer: the canonical-form check of one Directory, with a dummy digest
-/// standing in for the one it was read under (it only appears in error messages).
-pub fn validate_directory_for_fuzzing(dir: &Directory) -> Result<(), Error> {
-    validate_directory(dir, &Digest::empty(crate::digest::DigestFunction::Sha256))
-}
-
-/// A Directory is canonical when every list is sorted by name and no name repeats.
-fn validate_directory(dir: &Directory, digest: &Digest) -> Result<(), Error> {
-    let lists: [Vec<&str>; 3] = [
-        dir.files.iter().map(|f| f.name.as_str()).collect(),
-        dir.directories.iter().map(|d| d.name.as_str()).collect(),
-        dir.symlinks.iter().map(|s| s.name.as_str()).collect(),
-    ];
-    let mut all = Vec::new();
-    for names in &lists {
-        for pair in names.windows(2) {
-            if pair[0] >= pair[1] {
-                return Err(Error::InvalidArgument(format!(
-                    "directory {digest} is not canonical: {:?} and {:?} are duplicated or out of order",
-                    pair[0], pair[1]
-                )));
-            }
-        }
-        for name in names {
-            validate_name(name, digest)?;
-            all.push(*name);
-        }
-    }
-    all.sort_unstable();
-    if let Some(pair) = all.windows(2).find(|p| p[0] == p[1]) {
-        return Err(Error::InvalidArgument(format!(
-            "directory {digest} names {:?} twice",
-            pair[0]
-        )));
-    }
-    Ok(())
-}
-
-fn validate_name(name: &str, digest: &Digest) -> Result<(), Error> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "directory {digest} has an invalid entry name {name:?}"
-        )));
-    }
-    Ok(())
 }
 
 /// Output and working-directory paths are relative, with no empty components; `..` is
@@ -386,28 +184,6 @@ pub fn resolve_relative(base: &str, path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_directory_cache_stays_within_its_bytes() {
-        let max = 64 * 1024;
-        let cache = DirectoryCache::new(max);
-        for i in 0..10_000u32 {
-            let dir = Directory {
-                files: vec![crate::proto::remote_execution::FileNode {
-                    name: format!("file-{i}"),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            let encoded = prost::Message::encode_to_vec(&dir);
-            let digest = Digest::of(crate::digest::DigestFunction::Sha256, &encoded);
-            cache.insert(digest, dir);
-            assert!(cache.get(&digest).is_some(), "the newest is kept");
-        }
-        let (count, bytes) = cache.usage();
-        assert!(bytes <= max, "{bytes} bytes held");
-        assert!(count > 100 && count < 1000, "{count} directories held");
-    }
 
     #[test]
     fn relative_paths() {

@@ -2,66 +2,15 @@
 //! files out of the CAS (copying where a link is refused), and creates the parents of its
 //! declared outputs.
 
-use std::collections::HashMap;
-use std::fs::{self, Permissions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::proto::remote_execution::{Command, Directory};
-use crate::storage::Cas;
-
-/// Where executable variants of CAS blobs live: a hardlink shares its inode's mode, so a blob
-/// staged both with and without the executable bit needs a second, executable copy.
-pub struct ExecutableCache {
-    data_dir: PathBuf,
-    tmp_dir: PathBuf,
-}
-
-impl ExecutableCache {
-    pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        crate::storage::ensure_private_dir(&data_dir.join("cas-exec"))?;
-        Ok(ExecutableCache {
-            data_dir: data_dir.to_path_buf(),
-            tmp_dir: data_dir.join("tmp"),
-        })
-    }
-
-    /// Path of a read-only, executable copy of a stored blob, made on first use.
-    fn path(&self, cas: &Cas, digest: &Digest) -> Result<PathBuf, Error> {
-        let path = executable_copy_path(&self.data_dir, digest);
-        if path.exists() {
-            return Ok(path);
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("exec-")
-            .tempfile_in(&self.tmp_dir)
-            .map_err(|e| Error::io("creating a temp file", e))?;
-        fs::copy(cas.blob_path(digest), tmp.path())
-            .map_err(|e| Error::io(format!("copying blob {digest}"), e))?;
-        fs::set_permissions(tmp.path(), Permissions::from_mode(0o555))
-            .map_err(|e| Error::io("setting permissions", e))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io(format!("storing executable copy of {digest}"), e.error))?;
-        Ok(path)
-    }
-}
-
-/// Removes the executable copy of an evicted blob, if one was made.
-pub fn forget_executable_copy(cas: &Cas, digest: &Digest) {
-    let _ = fs::remove_file(executable_copy_path(cas.data_dir(), digest));
-}
-
-fn executable_copy_path(data_dir: &Path, digest: &Digest) -> PathBuf {
-    data_dir.join("cas-exec").join(format!(
-        "{}-{}-{}",
-        digest.function().name(),
-        digest.hash_hex(),
-        digest.size()
-    ))
-}
+use crate::execution::input_tree::InputTree;
+use crate::proto::remote_execution::Command;
+use crate::storage::{Cas, ExecutableCache};
 
 /// Counts of what staging did, for logs and benchmarks.
 #[derive(Default, Debug)]
@@ -71,54 +20,50 @@ pub struct StageStats {
     pub directories: usize,
 }
 
-/// Materialises the tree under `root` (already validated and loaded) into `dest`, which
-/// must exist and be empty.
+/// Materialises the input tree (already validated and loaded) into `dest`, which must
+/// exist and be empty.
 pub fn stage_tree(
     cas: &Cas,
     exec_cache: &ExecutableCache,
-    directories: &HashMap<Digest, std::sync::Arc<Directory>>,
-    root: &Digest,
+    inputs: &InputTree,
     dest: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<StageStats, Error> {
     let mut stats = StageStats::default();
     chown_dir(dest, owner)?;
-    let mut stack = vec![(*root, dest.to_path_buf())];
+    let mut stack = vec![(inputs.root, dest.to_path_buf())];
     while let Some((digest, path)) = stack.pop() {
-        let dir = directories
+        let dir = inputs
+            .directories
             .get(&digest)
             .ok_or_else(|| Error::Internal(format!("directory {digest} was not loaded")))?;
         stats.directories += 1;
         for file in &dir.files {
-            let file_digest =
-                Digest::from_required(digest.function(), file.digest.as_ref(), "file")?;
-            if !cas.ensure_verified(&file_digest)? {
+            if !cas.ensure_verified(&file.digest)? {
                 // Evicted or found damaged since the action was accepted: the client must
                 // upload it again, which a MISSING precondition failure tells it.
-                return Err(Error::MissingBlobs(vec![file_digest]));
+                return Err(Error::MissingBlobs(vec![file.digest]));
             }
-            let src = if file.is_executable {
-                exec_cache.path(cas, &file_digest)?
+            let src = if file.executable {
+                exec_cache.path(cas, &file.digest)?
             } else {
-                cas.blob_path(&file_digest)
+                cas.blob_path(&file.digest)
             };
             if link_or_copy(&src, &path.join(&file.name))? {
                 stats.copies += 1;
             }
             stats.files += 1;
         }
-        for link in &dir.symlinks {
-            let at = path.join(&link.name);
-            std::os::unix::fs::symlink(&link.target, &at)
+        for (name, target) in &dir.symlinks {
+            let at = path.join(name);
+            std::os::unix::fs::symlink(target, &at)
                 .map_err(|e| Error::io(format!("creating symlink {}", at.display()), e))?;
         }
-        for sub in &dir.directories {
-            let sub_digest =
-                Digest::from_required(digest.function(), sub.digest.as_ref(), "directory")?;
-            let at = path.join(&sub.name);
+        for (name, sub) in &dir.directories {
+            let at = path.join(name);
             fs::create_dir(&at).map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
             chown_dir(&at, owner)?;
-            stack.push((sub_digest, at));
+            stack.push((*sub, at));
         }
     }
     Ok(stats)

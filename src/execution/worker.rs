@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Error;
-use crate::execution::operations::OperationState;
+use crate::execution::operations::{self, OperationState};
 use crate::execution::outputs;
 use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
-use crate::execution::stage::{self, ExecutableCache};
-use crate::proto::remote_execution::{ActionResult, ExecuteResponse, ExecutedActionMetadata};
-use crate::service::blocking;
+use crate::execution::stage;
+use crate::offload::blocking;
+use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
+use crate::storage::ExecutableCache;
 use crate::storage::{ActionCache, Cas};
 
 /// What workers share.
@@ -132,13 +133,7 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
 
 /// Completes `op` with a fresh (not cached) result.
 fn complete(op: &OperationState, result: ActionResult, status: Option<Error>) {
-    op.complete(ExecuteResponse {
-        result: Some(result),
-        cached_result: false,
-        status: Some(status.map(|e| e.to_rpc_status()).unwrap_or_default()),
-        server_logs: Default::default(),
-        message: String::new(),
-    });
+    op.complete(operations::execute_response(Some(result), false, status));
 }
 
 /// The phases of one action. Errors that stop the action before it produced a result come
@@ -155,13 +150,7 @@ async fn execute(
     let run_as = ctx.sandbox.run_as(slot);
     // Inputs stay in the CAS while the action runs.
     let function = spec.action_digest.function();
-    let inputs: Vec<_> = spec
-        .directories
-        .values()
-        .flat_map(|d| &d.files)
-        .filter_map(|f| crate::digest::Digest::from_proto(function, f.digest.as_ref()?).ok())
-        .collect();
-    let _inputs_lease = ctx.cas.lease(inputs.clone());
+    let _inputs_lease = ctx.cas.lease(spec.inputs.files.clone());
 
     // Prepare.
     metadata.input_fetch_start_timestamp = now();
@@ -170,8 +159,7 @@ async fn execute(
         let exec_cache = ctx.exec_cache.clone();
         let exec_root = exec_root.clone();
         let dir = dir.to_path_buf();
-        let directories = spec.directories.clone();
-        let root = spec.input_root;
+        let inputs = spec.inputs.clone();
         let command = spec.command.clone();
         blocking(move || {
             std::fs::create_dir_all(&exec_root)
@@ -186,8 +174,7 @@ async fn execute(
                     exec_root.display()
                 )));
             }
-            let stats =
-                stage::stage_tree(&cas, &exec_cache, &directories, &root, &exec_root, run_as)?;
+            let stats = stage::stage_tree(&cas, &exec_cache, &inputs, &exec_root, run_as)?;
             tracing::debug!(?stats, "staged inputs");
             stage::create_output_parents(&exec_root, &command, run_as)?;
             let stdout = std::fs::File::create(dir.join("stdout"))
@@ -230,8 +217,9 @@ async fn execute(
     if run_as.is_none() {
         // The action ran as the CAS's owner: make sure it did not write through its inputs.
         let cas = ctx.cas.clone();
+        let inputs = spec.inputs.clone();
         let damaged =
-            blocking(move || Ok(stage::find_modified_inputs(&cas, &inputs, started))).await?;
+            blocking(move || Ok(stage::find_modified_inputs(&cas, &inputs.files, started))).await?;
         if !damaged.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "the action wrote into {} of its read-only inputs (first: {}); they were removed \

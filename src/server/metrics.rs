@@ -56,8 +56,8 @@ pub fn render(ctx: &Context) -> String {
     metrics::gauge!("rexd_cas_evicted_bytes_total").set(stats.evicted_bytes as f64);
     metrics::gauge!("rexd_cas_corrupt_blobs_total").set(stats.corrupt as f64);
     if let Some(engine) = &ctx.execution {
-        let running = engine.scheduler.running();
-        metrics::gauge!("rexd_actions_queued").set(engine.scheduler.queued() as f64);
+        let running = engine.running();
+        metrics::gauge!("rexd_actions_queued").set(engine.queued() as f64);
         metrics::gauge!("rexd_actions_running").set(running as f64);
         metrics::gauge!("rexd_workers").set(engine.worker_count() as f64);
         metrics::gauge!("rexd_worker_utilisation")

@@ -6,11 +6,12 @@ use tonic::{Request, Response, Status};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
+use crate::offload::blocking;
 use crate::proto::remote_execution::{
     ActionResult, GetActionResultRequest, UpdateActionResultRequest,
     action_cache_server::ActionCache,
 };
-use crate::service::{Context, blocking};
+use crate::service::Context;
 use crate::storage::action_cache::lookup_complete;
 use crate::storage::{Cas, tree};
 

@@ -14,6 +14,7 @@ use crate::asset::{Fetched, Query, Resolved};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
+use crate::offload::blocking;
 use crate::proto::asset::{
     FetchBlobRequest, FetchBlobResponse, FetchDirectoryRequest, FetchDirectoryResponse,
     PushBlobRequest, PushBlobResponse, PushDirectoryRequest, PushDirectoryResponse, Qualifier,
@@ -21,7 +22,7 @@ use crate::proto::asset::{
 };
 use crate::proto::remote_execution as re;
 use crate::proto::rpc;
-use crate::service::{Context, blocking};
+use crate::service::Context;
 use crate::storage::asset_store::{AssetKind, AssetRecord};
 
 pub struct FetchService {

@@ -5,13 +5,14 @@ use tonic::{Request, Response, Status};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, ok_status};
+use crate::offload::blocking;
 use crate::proto::remote_execution::{
     BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
     BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
     GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
-use crate::service::{Context, blocking};
+use crate::service::Context;
 use crate::storage::tree;
 
 /// GetTree pages hold at most this many directories unless the client asks for fewer.

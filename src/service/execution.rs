@@ -1,28 +1,24 @@
-//! Execution: Execute (cache lookup, validation, scheduling) and WaitExecution, both
-//! answered with a stream of Operation updates that ends when the action is done.
+//! Execution: Execute and WaitExecution. The adapter checks the caller and the request, asks
+//! the engine, and streams the operation's updates until the action is done.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use futures::StreamExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
-use crate::execution::{Engine, OperationState, operations::progress_to_proto, spec};
+use crate::execution::{Engine, OperationState, Submission};
 use crate::proto::longrunning::Operation;
 use crate::proto::remote_execution::{
-    ExecuteRequest, ExecuteResponse, RequestMetadata, WaitExecutionRequest,
-    execution_server::Execution,
+    ExecuteRequest, RequestMetadata, WaitExecutionRequest, execution_server::Execution,
 };
-use crate::service::{Context, blocking};
-use crate::storage::action_cache::lookup_complete;
+use crate::service::Context;
 
 /// The gRPC header in which REAPI clients describe themselves.
 pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
-/// A waiting client gets the operation again at least this often, so idle streams stay open.
-const KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub struct ExecutionService {
     ctx: Context,
@@ -48,26 +44,9 @@ pub fn request_metadata<T>(request: &Request<T>) -> Option<RequestMetadata> {
 
 type OperationStream = tonic::codegen::BoxStream<Operation>;
 
-/// The updates of `op` from now until it completes: the current state first, then each
-/// change, and the current state again every [`KEEPALIVE`] while nothing changes.
-pub fn watch(op: Arc<OperationState>) -> OperationStream {
-    let rx = op.subscribe();
-    Box::pin(futures::stream::unfold(
-        Some((op, rx, true)),
-        |state| async move {
-            let (op, mut rx, first) = state?;
-            if !first {
-                // A timeout just re-sends the current state as a keep-alive.
-                if let Ok(Err(_)) = tokio::time::timeout(KEEPALIVE, rx.changed()).await {
-                    return None;
-                }
-            }
-            let progress = rx.borrow_and_update().clone();
-            let message = progress_to_proto(&op.name, &op.action_digest, &progress);
-            let next = (!message.done).then_some((op, rx, false));
-            Some((Ok(message), next))
-        },
-    ))
+/// The operation's updates as a gRPC response stream.
+fn updates(op: Arc<OperationState>) -> OperationStream {
+    Box::pin(op.updates().map(Ok))
 }
 
 #[tonic::async_trait]
@@ -77,49 +56,25 @@ impl Execution for ExecutionService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
         let caller = crate::auth::caller(&request);
-        let metadata = request_metadata(&request);
+        let request_metadata = request_metadata(&request);
         let req = request.into_inner();
-        let instance_config = self
+        let instance = self
             .ctx
             .authorize(&caller, &req.instance_name, Role::Execute)?
             .clone();
-        let engine = self.engine()?.clone();
+        let engine = self.engine()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
-        let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
-        let instance = req.instance_name.clone();
-
-        if !req.skip_cache_lookup {
-            let (cas, ac, inst) = (self.ctx.cas.clone(), self.ctx.ac.clone(), instance.clone());
-            if let Some(result) =
-                blocking(move || lookup_complete(&cas, &ac, &inst, &digest)).await?
-            {
-                let op = crate::execution::Operations::completed(
-                    &instance,
-                    digest,
-                    ExecuteResponse {
-                        result: Some(result),
-                        cached_result: true,
-                        status: Some(Default::default()),
-                        ..Default::default()
-                    },
-                );
-                tracing::info!(operation = %op.name, action = %digest, "served from the action cache");
-                return Ok(Response::new(watch(op)));
-            }
-        }
-
-        let cas = self.ctx.cas.clone();
-        let loader = engine.clone();
-        let mut spec = blocking(move || {
-            spec::load(&cas, &loader.directories, &instance, digest, &loader.limits)
-        })
-        .await?;
-        spec.options = engine
-            .sandbox
-            .options_for(&spec.platform, &instance_config)?;
-        let priority = req.execution_policy.map_or(0, |p| p.priority);
-        let op = engine.scheduler.submit(spec, priority, metadata)?;
-        Ok(Response::new(watch(op)))
+        let action_digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
+        let op = engine
+            .execute(Submission {
+                instance,
+                action_digest,
+                skip_cache_lookup: req.skip_cache_lookup,
+                priority: req.execution_policy.map_or(0, |p| p.priority),
+                request_metadata,
+            })
+            .await?;
+        Ok(Response::new(updates(op)))
     }
 
     async fn wait_execution(
@@ -127,13 +82,8 @@ impl Execution for ExecutionService {
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<OperationStream>, Status> {
         let caller = crate::auth::caller(&request);
-        let name = &request.get_ref().name;
-        let op = self
-            .engine()?
-            .operations()
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        let op = self.engine()?.wait(&request.get_ref().name)?;
         crate::auth::authorize(&caller, &op.instance, Role::Execute)?;
-        Ok(Response::new(watch(op)))
+        Ok(Response::new(updates(op)))
     }
 }

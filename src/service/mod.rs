@@ -16,6 +16,7 @@ use crate::auth::{Caller, Role};
 use crate::config::{Config, InstanceConfig};
 use crate::error::Error;
 use crate::execution::Engine;
+use crate::offload::blocking;
 use crate::storage::{ActionCache, Cas};
 
 /// What every service needs; cheap to clone.
@@ -89,15 +90,4 @@ impl Context {
     pub fn max_batch_bytes(&self) -> u64 {
         self.config.storage.max_batch_total_size.as_u64()
     }
-}
-
-/// Runs blocking storage work on the blocking pool.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
 }

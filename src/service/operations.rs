@@ -8,13 +8,12 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Role};
 use crate::error::Error;
-use crate::execution::operations::name_prefix;
+use crate::execution::registry::name_prefix;
 use crate::execution::{Engine, OperationState};
 use crate::proto::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     ListOperationsResponse, Operation, WaitOperationRequest, operations_server::Operations,
 };
-use crate::proto::remote_execution::ExecuteResponse;
 use crate::service::Context;
 
 const DEFAULT_PAGE: usize = 100;
@@ -39,31 +38,10 @@ impl OperationsService {
 
     /// The named operation, if `caller` holds `role` on its instance.
     fn find(&self, caller: &Caller, name: &str, role: Role) -> Result<Arc<OperationState>, Error> {
-        let op = self
-            .engine()?
-            .operations()
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))?;
+        let op = self.engine()?.wait(name)?;
         crate::auth::authorize(caller, &op.instance, role)?;
         Ok(op)
     }
-}
-
-/// Cancels `op`: a queued action is dropped from the queue, a running one is killed by its
-/// worker; either way every waiter sees CANCELLED.
-pub fn cancel(engine: &Engine, op: &Arc<OperationState>, reason: &str) {
-    if op.is_done() {
-        return;
-    }
-    let dequeued = engine.scheduler.dequeue(op);
-    op.cancel.cancel();
-    if dequeued {
-        op.complete(ExecuteResponse {
-            status: Some(Error::Cancelled(reason.to_string()).to_rpc_status()),
-            ..Default::default()
-        });
-    }
-    tracing::info!(operation = %op.name, action = %op.action_digest, dequeued, "cancelled");
 }
 
 /// A page token is the name of the last operation of the previous page: the instance's
@@ -158,7 +136,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<()>, Status> {
         let caller = crate::auth::caller(&request);
         let op = self.find(&caller, &request.get_ref().name, Role::Execute)?;
-        cancel(self.engine()?, &op, "cancelled by CancelOperation");
+        self.engine()?.cancel(&op, "cancelled by CancelOperation");
         Ok(Response::new(()))
     }
 

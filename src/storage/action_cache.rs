@@ -12,6 +12,7 @@ use prost::Message;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::proto::remote_execution::ActionResult;
+use crate::storage::layout;
 use crate::storage::{ensure_dir, write_atomic};
 
 /// Handle to the on-disk action cache; cheap to clone.
@@ -24,8 +25,8 @@ pub struct ActionCache {
 
 impl ActionCache {
     pub fn open(data_dir: &Path, fsync: bool) -> Result<Self, Error> {
-        let root = data_dir.join("ac");
-        let tmp_dir = data_dir.join("tmp");
+        let root = layout::action_cache(data_dir);
+        let tmp_dir = layout::tmp(data_dir);
         crate::storage::ensure_private_dir(&root)?;
         ensure_dir(&tmp_dir)?;
         Ok(ActionCache {

@@ -21,6 +21,7 @@ use sha2::Digest as _;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
+use crate::storage::layout;
 use crate::storage::{ensure_dir, ensure_private_dir, write_atomic};
 
 /// What a reference points at: FetchBlob and FetchDirectory answer from separate namespaces.
@@ -103,8 +104,8 @@ struct Inner {
 impl AssetStore {
     /// Opens (creating if needed) the store under `data_dir` and loads every live reference.
     pub fn open(data_dir: &Path, fsync: bool) -> Result<Self, Error> {
-        let root = data_dir.join("assets");
-        let tmp_dir = data_dir.join("tmp");
+        let root = layout::assets(data_dir);
+        let tmp_dir = layout::tmp(data_dir);
         ensure_private_dir(&root)?;
         ensure_dir(&tmp_dir)?;
         let map = load_all(&root, SystemTime::now())?;

@@ -25,6 +25,7 @@ use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::error::Error;
 use crate::storage::eviction;
 use crate::storage::index::Index;
+use crate::storage::layout;
 use crate::storage::stats::CasStats;
 use crate::storage::{ensure_dir, ensure_private_dir};
 
@@ -72,14 +73,13 @@ impl Default for CasOptions {
 /// Blobs are stored read-only, so that nothing handed a hardlink can change them by accident.
 const BLOB_MODE: u32 = 0o444;
 /// The saved use order of the index, read at start-up.
-const ORDER_FILE: &str = "index.lru";
 
 impl Cas {
     /// Opens (creating if needed) the store under `data_dir`, removes crash leftovers and
     /// indexes every blob present, in the use order saved by the last run where known.
     pub fn open(data_dir: &Path, options: CasOptions) -> Result<Cas, Error> {
-        let blobs_dir = data_dir.join("cas");
-        let tmp_dir = data_dir.join("tmp");
+        let blobs_dir = layout::blobs(data_dir);
+        let tmp_dir = layout::tmp(data_dir);
         ensure_private_dir(&tmp_dir)?;
         ensure_private_dir(&blobs_dir)?;
         clean_tmp(&tmp_dir)?;
@@ -111,7 +111,7 @@ impl Cas {
         }
         // Saved order first (oldest first), then blobs the saved order does not know, which
         // were written after it was saved and so are the most recent.
-        let saved = eviction::read_order(&data_dir.join(ORDER_FILE));
+        let saved = eviction::read_order(&layout::use_order(data_dir));
         let known: Vec<Digest> = saved.into_iter().filter(|d| on_disk.remove(d)).collect();
         cas.inner.index.load(known);
         cas.inner.index.load(on_disk);
@@ -511,7 +511,7 @@ impl Cas {
         let order = self.inner.index.order();
         match eviction::write_order(
             &self.inner.tmp_dir,
-            &self.inner.data_dir.join(ORDER_FILE),
+            &layout::use_order(&self.inner.data_dir),
             &order,
         ) {
             Err(Error::ResourceExhausted(why)) => {

@@ -25,7 +25,7 @@ pub fn evict(cas: &Cas, bytes: u64) -> (u64, u64) {
         if evicted {
             count += 1;
             freed += candidate.digest.size();
-            crate::execution::stage::forget_executable_copy(cas, &candidate.digest);
+            crate::storage::executable::forget_executable_copy(cas, &candidate.digest);
         }
     }
     (count, freed)

@@ -1,11 +1,14 @@
 //! Durable state: the content-addressed blob store, its in-memory index, the action cache,
-//! the Remote Asset references, and the tree walks that read Directory protos out of the CAS.
+//! the Remote Asset references, the tree walks that read Directory protos out of the CAS,
+//! the uploads in progress, and the layout of it all under the data directory.
 
 pub mod action_cache;
 pub mod asset_store;
 pub mod cas;
 pub mod eviction;
+pub mod executable;
 pub mod index;
+pub mod layout;
 pub mod stats;
 pub mod tree;
 pub mod uploads;
@@ -14,6 +17,7 @@ pub mod verify;
 pub use action_cache::ActionCache;
 pub use asset_store::AssetStore;
 pub use cas::{BlobWriter, Cas, CasOptions, Lease};
+pub use executable::ExecutableCache;
 
 use std::path::Path;
 
