@@ -39,8 +39,6 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
-    DataLoss(String),
-    #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),
@@ -89,7 +87,6 @@ impl Error {
             Error::Cancelled(_) => Code::Cancelled,
             Error::Aborted(_) => Code::Aborted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::DataLoss(_) => Code::DataLoss,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
         }

@@ -16,6 +16,7 @@
 //! - [`execution`]: action specs, the scheduler, operations, the local workers, and the
 //!   spawn path that starts an action's process without forking the server.
 //! - [`service`]: one thin gRPC adapter per service.
+//! - [`state`]: the shared server state the adapters and the server read.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
 //! - [`error`]: the crate error and its single mapping onto gRPC statuses.
 //! - [`offload`]: runs blocking work on the blocking pool, for every layer.
@@ -32,6 +33,7 @@ pub mod proto;
 pub mod resource;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod storage;
 
 pub use config::Config;

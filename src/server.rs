@@ -27,10 +27,11 @@ use crate::proto::remote_execution::{
 };
 use crate::service::asset::{FetchService, PushService};
 use crate::service::{
-    Context, action_cache::ActionCacheService, bytestream::ByteStreamService,
+    action_cache::ActionCacheService, bytestream::ByteStreamService,
     capabilities::CapabilitiesService, cas::CasService,
 };
 use crate::service::{execution::ExecutionService, operations::OperationsService};
+use crate::state::Context;
 use crate::storage::{ActionCache, Cas};
 
 /// Per-stream HTTP/2 flow-control window: enough to keep a fast link busy (loopback uploads

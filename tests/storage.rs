@@ -95,7 +95,7 @@ fn assert_cas_files_are_complete_blobs(data_dir: &Path) {
             .split_once('-')
             .expect("blob file names are {hash}-{size}");
         let expected = Digest::parse(function, hash, size.parse().unwrap()).unwrap();
-        let actual = rexd::storage::cas::hash_file(&path, function).unwrap();
+        let actual = rexd::storage::disk::hash_file(&path, function).unwrap();
         assert_eq!(
             actual,
             expected,

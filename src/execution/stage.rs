@@ -150,7 +150,7 @@ pub fn find_modified_inputs(
             .and_then(|m| m.modified())
             .is_ok_and(|t| t >= since);
         if modified
-            && !matches!(crate::storage::cas::hash_file(&path, digest.function()), Ok(d) if d == *digest)
+            && !matches!(crate::storage::disk::hash_file(&path, digest.function()), Ok(d) if d == *digest)
         {
             tracing::error!(%digest, "an action wrote into its read-only input; removing the blob");
             cas.discard(digest);

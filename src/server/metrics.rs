@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tonic::codegen::http;
 
-use crate::service::Context;
+use crate::state::Context;
 
 /// The process-wide recorder (metrics are global; several in-process servers share it).
 pub fn handle() -> PrometheusHandle {

@@ -11,7 +11,7 @@ use crate::proto::remote_execution::{
     ActionResult, GetActionResultRequest, UpdateActionResultRequest,
     action_cache_server::ActionCache,
 };
-use crate::service::Context;
+use crate::state::Context;
 use crate::storage::action_cache::lookup_complete;
 use crate::storage::{Cas, tree};
 

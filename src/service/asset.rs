@@ -22,7 +22,7 @@ use crate::proto::asset::{
 };
 use crate::proto::remote_execution as re;
 use crate::proto::rpc;
-use crate::service::Context;
+use crate::state::Context;
 use crate::storage::asset_store::{AssetKind, AssetRecord};
 
 pub struct FetchService {

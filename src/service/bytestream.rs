@@ -21,7 +21,7 @@ use crate::proto::bytestream::{
     WriteResponse, byte_stream_server::ByteStream,
 };
 use crate::resource::{Compression, ResourceName};
-use crate::service::Context;
+use crate::state::Context;
 use crate::storage::BlobWriter;
 use crate::storage::uploads::{Begun, Uploads};
 

@@ -10,7 +10,7 @@ use crate::proto::remote_execution::{
     GetCapabilitiesRequest, ServerCapabilities, capabilities_server::Capabilities,
 };
 use crate::proto::semver::SemVer;
-use crate::service::Context;
+use crate::state::Context;
 
 /// Lowest REAPI version served.
 pub const LOW_API_VERSION: (i32, i32) = (2, 0);

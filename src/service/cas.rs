@@ -12,7 +12,7 @@ use crate::proto::remote_execution::{
     GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
-use crate::service::Context;
+use crate::state::Context;
 use crate::storage::tree;
 
 /// GetTree pages hold at most this many directories unless the client asks for fewer.

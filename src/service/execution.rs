@@ -15,7 +15,7 @@ use crate::proto::longrunning::Operation;
 use crate::proto::remote_execution::{
     ExecuteRequest, RequestMetadata, WaitExecutionRequest, execution_server::Execution,
 };
-use crate::service::Context;
+use crate::state::Context;
 
 /// The gRPC header in which REAPI clients describe themselves.
 pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";

@@ -1,6 +1,6 @@
 //! gRPC adapters: each file implements one service by validating the request, calling into
-//! storage (or, later, the scheduler) and building the reply. Errors are crate [`Error`]s,
-//! turned into `tonic::Status` by the one conversion in `error.rs`.
+//! storage or the execution engine and building the reply. Errors are crate
+//! [`crate::Error`]s, turned into `tonic::Status` by the one conversion in `error.rs`.
 
 pub mod action_cache;
 pub mod asset;
@@ -9,85 +9,3 @@ pub mod capabilities;
 pub mod cas;
 pub mod execution;
 pub mod operations;
-
-use std::sync::Arc;
-
-use crate::auth::{Caller, Role};
-use crate::config::{Config, InstanceConfig};
-use crate::error::Error;
-use crate::execution::Engine;
-use crate::offload::blocking;
-use crate::storage::{ActionCache, Cas};
-
-/// What every service needs; cheap to clone.
-#[derive(Clone)]
-pub struct Context {
-    pub config: Arc<Config>,
-    pub cas: Cas,
-    pub ac: ActionCache,
-    /// Remote Asset references and downloads.
-    pub asset: crate::asset::Assets,
-    /// The scheduler and workers; `None` when execution is disabled.
-    pub execution: Option<Arc<Engine>>,
-    /// ByteStream uploads in progress or interrupted, for QueryWriteStatus and resumption.
-    pub uploads: Arc<crate::storage::uploads::Uploads>,
-}
-
-impl Context {
-    /// The configuration of a served instance, or INVALID_ARGUMENT naming the ones served.
-    pub fn instance(&self, name: &str) -> Result<&InstanceConfig, Error> {
-        self.config.instance(name).ok_or_else(|| {
-            let served: Vec<String> = self
-                .config
-                .instances
-                .iter()
-                .map(|i| format!("{:?}", i.name))
-                .collect();
-            Error::InvalidArgument(format!(
-                "unknown instance name {name:?}; this server serves: {}",
-                served.join(", ")
-            ))
-        })
-    }
-
-    /// The instance's configuration, if it is served and `caller` holds `role` on it.
-    pub fn authorize(
-        &self,
-        caller: &Caller,
-        name: &str,
-        role: Role,
-    ) -> Result<&InstanceConfig, Error> {
-        let instance = self.instance(name)?;
-        crate::auth::authorize(caller, name, role)?;
-        Ok(instance)
-    }
-
-    /// Rejects blobs over the configured `limits.max_blob_size`.
-    pub fn check_blob_size(&self, digest: &crate::digest::Digest) -> Result<(), Error> {
-        let max = self.config.limits.max_blob_size.as_u64();
-        if max > 0 && digest.size() > max {
-            return Err(Error::InvalidArgument(format!(
-                "blob {digest} is larger than this server's max_blob_size of {max} bytes"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Whether a blob is stored and sound. A blob found on disk at start-up and not yet
-    /// checked is hashed once, on the blocking pool.
-    pub async fn blob_present(&self, digest: &crate::digest::Digest) -> Result<bool, Error> {
-        match self.cas.index().is_verified(digest) {
-            None => Ok(false),
-            Some(true) => Ok(self.cas.contains(digest)),
-            Some(false) => {
-                let (cas, digest) = (self.cas.clone(), *digest);
-                blocking(move || Ok(cas.contains(&digest))).await
-            }
-        }
-    }
-
-    /// Largest total of blob bytes in one batch call.
-    pub fn max_batch_bytes(&self) -> u64 {
-        self.config.storage.max_batch_total_size.as_u64()
-    }
-}

@@ -14,7 +14,7 @@ use crate::proto::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     ListOperationsResponse, Operation, WaitOperationRequest, operations_server::Operations,
 };
-use crate::service::Context;
+use crate::state::Context;
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;

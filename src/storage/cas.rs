@@ -8,21 +8,23 @@
 //!   its digest, then renamed into place, so no partial blob ever carries a real name.
 //!   Leftovers from a crash are removed at start-up.
 //!
-//! All methods here block; async callers run them on the blocking pool.
+//! This file holds the handle, opening and reads; writes are in [`super::blob_writer`],
+//! eviction and the saved use order in [`super::eviction`]. All methods here block; async
+//! callers run them on the blocking pool (or use [`Cas::is_present`]).
 
 use std::collections::HashSet;
-use std::fs::{self, File, Permissions};
-use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::digest::{Digest, DigestFunction, Hasher};
+use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
+use crate::storage::disk::{self, hash_file};
 use crate::storage::eviction;
 use crate::storage::index::Index;
 use crate::storage::layout;
@@ -32,18 +34,18 @@ use crate::storage::{ensure_dir, ensure_private_dir};
 /// Handle to the blob store; cheap to clone.
 #[derive(Clone)]
 pub struct Cas {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    data_dir: PathBuf,
-    blobs_dir: PathBuf,
-    tmp_dir: PathBuf,
-    index: Index,
-    options: CasOptions,
-    stats: CasStats,
+pub(super) struct Inner {
+    pub(super) data_dir: PathBuf,
+    pub(super) blobs_dir: PathBuf,
+    pub(super) tmp_dir: PathBuf,
+    pub(super) index: Index,
+    pub(super) options: CasOptions,
+    pub(super) stats: CasStats,
     /// Set while one thread evicts, so concurrent writers do not all evict at once.
-    evicting: AtomicBool,
+    pub(super) evicting: AtomicBool,
 }
 
 /// Store policy, from the `[storage]` configuration.
@@ -71,9 +73,7 @@ impl Default for CasOptions {
 }
 
 /// Blobs are stored read-only, so that nothing handed a hardlink can change them by accident.
-const BLOB_MODE: u32 = 0o444;
-/// The saved use order of the index, read at start-up.
-
+pub(super) const BLOB_MODE: u32 = 0o444;
 impl Cas {
     /// Opens (creating if needed) the store under `data_dir`, removes crash leftovers and
     /// indexes every blob present, in the use order saved by the last run where known.
@@ -82,7 +82,7 @@ impl Cas {
         let tmp_dir = layout::tmp(data_dir);
         ensure_private_dir(&tmp_dir)?;
         ensure_private_dir(&blobs_dir)?;
-        clean_tmp(&tmp_dir)?;
+        disk::clean_tmp(&tmp_dir)?;
         let cas = Cas {
             inner: Arc::new(Inner {
                 data_dir: data_dir.to_path_buf(),
@@ -105,7 +105,7 @@ impl Cas {
                 let shard =
                     shard.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
                 if shard.file_type().is_ok_and(|t| t.is_dir()) {
-                    list_shard(function, &shard.path(), &mut on_disk)?;
+                    disk::list_shard(function, &shard.path(), &mut on_disk)?;
                 }
             }
         }
@@ -150,8 +150,18 @@ impl Cas {
         &self.inner.data_dir
     }
 
-    pub fn options(&self) -> &CasOptions {
-        &self.inner.options
+    /// Whether a blob is stored and sound, from async code: answered from the index, except
+    /// that a blob found on disk at start-up and not yet checked is hashed once, on the
+    /// blocking pool.
+    pub async fn is_present(&self, digest: &Digest) -> Result<bool, Error> {
+        match self.inner.index.is_verified(digest) {
+            None => Ok(false),
+            Some(true) => Ok(self.contains(digest)),
+            Some(false) => {
+                let (cas, digest) = (self.clone(), *digest);
+                crate::offload::blocking(move || Ok(cas.contains(&digest))).await
+            }
+        }
     }
 
     /// Whether the blob is stored and sound, counting the check as a use. A blob found on
@@ -243,7 +253,7 @@ impl Cas {
         Ok(true)
     }
 
-    fn report_corrupt(&self, digest: &Digest, actual: &Digest) {
+    pub(super) fn report_corrupt(&self, digest: &Digest, actual: &Digest) {
         tracing::error!(%digest, %actual, "stored blob does not match its digest; removing it");
         CasStats::add(&self.inner.stats.corrupt, 1);
         self.discard(digest);
@@ -267,259 +277,10 @@ impl Cas {
         Ok(Some(Bytes::from(data)))
     }
 
-    /// Stores `data` under `digest` after checking that it hashes to it.
-    pub fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
-        let actual = Digest::of(digest.function(), data);
-        if actual != *digest {
-            return Err(mismatch(digest, &actual));
-        }
-        if self.contains(digest) {
-            return Ok(());
-        }
-        let mut writer = self.writer(digest)?;
-        writer
-            .file
-            .write_all(data)
-            .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
-        writer.written = data.len() as u64;
-        writer.hasher = None;
-        writer.commit()
-    }
-
-    /// Stores many small blobs, each checked against its digest, with one filesystem sync for
-    /// all of them instead of one per blob (when fsync is on). Results are in input order.
-    pub fn put_batch(&self, items: Vec<(Digest, Bytes)>) -> Vec<Result<(), Error>> {
-        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(items.len());
-        let mut staged: Vec<(usize, Digest, tempfile::NamedTempFile)> = Vec::new();
-        for (i, (digest, data)) in items.into_iter().enumerate() {
-            let actual = Digest::of(digest.function(), &data);
-            if actual != digest {
-                results.push(Err(mismatch(&digest, &actual)));
-                continue;
-            }
-            if self.contains(&digest) {
-                results.push(Ok(()));
-                continue;
-            }
-            match self.write_temp(&digest, &data) {
-                Ok(tmp) => {
-                    staged.push((i, digest, tmp));
-                    results.push(Ok(()));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if self.inner.options.fsync && !staged.is_empty() {
-            if let Err(e) = sync_filesystem(staged[0].2.as_file()) {
-                let err = self.write_error("syncing uploaded blobs", e);
-                for (i, _, _) in &staged {
-                    results[*i] = Err(Error::Unavailable(err.to_string()));
-                }
-                return results;
-            }
-        }
-        for (i, digest, tmp) in staged {
-            if let Err(e) = self.publish(&digest, tmp) {
-                results[i] = Err(e);
-            }
-        }
-        results
-    }
-
-    /// Writes `data` to a fresh read-only temp file, not yet synced or visible.
-    fn write_temp(&self, digest: &Digest, data: &[u8]) -> Result<tempfile::NamedTempFile, Error> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix("upload-")
-            .permissions(Permissions::from_mode(BLOB_MODE))
-            .tempfile_in(&self.inner.tmp_dir)
-            .map_err(|e| self.write_error("creating an upload file", e))?;
-        tmp.write_all(data)
-            .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
-        Ok(tmp)
-    }
-
-    /// Starts a streamed write of `digest`; see [`BlobWriter`].
-    pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, Error> {
-        let tmp = tempfile::Builder::new()
-            .prefix("upload-")
-            .permissions(Permissions::from_mode(BLOB_MODE))
-            .tempfile_in(&self.inner.tmp_dir)
-            .map_err(|e| self.write_error("creating an upload file", e))?;
-        // Writes go to the plain file: tempfile's own Write impl wraps errors in a way that
-        // hides their OS code, which callers classify failures by (a full disk must not read
-        // as bad client data).
-        let (file, path) = tmp.into_parts();
-        Ok(BlobWriter {
-            cas: self.clone(),
-            expected: *digest,
-            hasher: Some(digest.function().hasher()),
-            written: 0,
-            file: BufWriter::with_capacity(256 * 1024, file),
-            path,
-        })
-    }
-
-    /// Maps a write failure and, when the disk is full, frees space for the next attempt.
-    fn write_error(&self, context: impl std::fmt::Display, err: io::Error) -> Error {
-        self.on_write_failure(&err);
-        Error::io(context, err)
-    }
-
-    fn on_write_failure(&self, err: &io::Error) {
-        if matches!(
-            err.kind(),
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-        ) {
-            let total = self.inner.index.total_bytes();
-            tracing::error!(
-                total,
-                "disk full while writing; evicting a tenth of the store"
-            );
-            self.evict_down_to(total - total / 10);
-        }
-    }
-
-    /// Makes a verified temp file visible as `digest`, atomically with the index.
-    fn publish(&self, digest: &Digest, tmp: tempfile::NamedTempFile) -> Result<(), Error> {
-        let dest = self.blob_path(digest);
-        self.inner
-            .index
-            .insert_with(*digest, true, || match tmp.persist(&dest) {
-                Ok(_) => Ok(()),
-                // The blob's shard directory is made on first use.
-                Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
-                    create_parent(&dest)?;
-                    e.file.persist(&dest).map(|_| ()).map_err(|e| e.error)
-                }
-                Err(e) => Err(e.error),
-            })
-            .map_err(|e| self.write_error(format!("storing blob {digest}"), e))?;
-        CasStats::add(&self.inner.stats.bytes_in, digest.size());
-        self.maybe_evict();
-        Ok(())
-    }
-
-    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
-    /// digest. The file is hardlinked into place (copied where a link is refused), made
-    /// read-only and owned by the server; it must not change afterwards.
-    pub fn adopt_file(&self, path: &Path, function: DigestFunction) -> Result<Digest, Error> {
-        let file =
-            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let digest = hash_reader(&file, function)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if self.contains(&digest) {
-            return Ok(digest);
-        }
-        if self.inner.options.fsync {
-            file.sync_data()
-                .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
-        }
-        // A file made by an action under another uid stays that uid's to chmod and rewrite;
-        // a blob must belong to the server alone.
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
-        let (uid, gid) = (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        );
-        if std::os::unix::fs::MetadataExt::uid(&meta) != uid {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| Error::io(format!("taking ownership of {}", path.display()), e))?;
-        }
-        fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
-            .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
-        let dest = self.blob_path(&digest);
-        let linked = self.inner.index.insert_with(digest, true, || {
-            let mut result = fs::hard_link(path, &dest);
-            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
-                create_parent(&dest)?;
-                result = fs::hard_link(path, &dest);
-            }
-            match result {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
-                Err(_) => Ok(false),
-            }
-        });
-        if !linked.unwrap_or(false) {
-            // Links refused (another filesystem, link limit): copy through a temp file.
-            let tmp = tempfile::Builder::new()
-                .prefix("adopt-")
-                .permissions(Permissions::from_mode(BLOB_MODE))
-                .tempfile_in(&self.inner.tmp_dir)
-                .map_err(|e| self.write_error("creating a temp file", e))?;
-            fs::copy(path, tmp.path())
-                .map_err(|e| self.write_error(format!("storing output {}", path.display()), e))?;
-            self.publish(&digest, tmp)?;
-            return Ok(digest);
-        }
-        CasStats::add(&self.inner.stats.bytes_in, digest.size());
-        self.maybe_evict();
-        Ok(digest)
-    }
-
     /// Removes a blob that turned out to be damaged, so it is reported missing from now on.
     pub fn discard(&self, digest: &Digest) {
         self.inner.index.remove(digest);
         let _ = fs::remove_file(self.blob_path(digest));
-    }
-
-    /// Evicts down to the low-water mark if the store is over its budget. One thread evicts
-    /// at a time; the others carry on.
-    fn maybe_evict(&self) {
-        let max = self.inner.options.max_size;
-        if max == 0 || self.inner.index.total_bytes() <= max {
-            return;
-        }
-        self.evict_down_to(self.inner.options.low_water);
-    }
-
-    /// Removes least recently used, unpinned, unleased blobs until at most `target` bytes
-    /// remain (or nothing more may go).
-    pub fn evict_down_to(&self, target: u64) {
-        if self.inner.evicting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let total = self.inner.index.total_bytes();
-        if total > target {
-            let (count, bytes) = eviction::evict(self, total - target);
-            if count > 0 {
-                CasStats::add(&self.inner.stats.evictions, count);
-                CasStats::add(&self.inner.stats.evicted_bytes, bytes);
-                tracing::info!(
-                    count,
-                    bytes,
-                    remaining = self.inner.index.total_bytes(),
-                    "evicted blobs"
-                );
-            }
-            if self.inner.index.total_bytes() > self.inner.options.max_size.max(target) {
-                tracing::warn!(
-                    total = self.inner.index.total_bytes(),
-                    "the store stays over budget: the rest is pinned or in use"
-                );
-            }
-        }
-        self.inner.evicting.store(false, Ordering::Release);
-    }
-
-    /// Saves the index's use order so a restart keeps LRU order. On a full disk it is not
-    /// saved, with a warning: the order only guides eviction, and failing over it would turn
-    /// a clean shutdown into an error.
-    pub fn save_order(&self) -> Result<(), Error> {
-        let order = self.inner.index.order();
-        match eviction::write_order(
-            &self.inner.tmp_dir,
-            &layout::use_order(&self.inner.data_dir),
-            &order,
-        ) {
-            Err(Error::ResourceExhausted(why)) => {
-                tracing::warn!(%why, "disk full: the CAS use order was not saved");
-                Ok(())
-            }
-            other => other,
-        }
     }
 }
 
@@ -535,187 +296,11 @@ impl Drop for Lease {
     }
 }
 
-/// Creates the (shard) directory a blob goes in.
-fn create_parent(dest: &Path) -> io::Result<()> {
-    fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
-}
-
-/// Flushes every dirty page of the filesystem holding `file`: one call makes a whole batch
-/// of freshly written blobs durable.
-fn sync_filesystem(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs on a valid, open file descriptor.
-    if unsafe { nix::libc::syncfs(file.as_raw_fd()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Hashes a file's whole content.
-pub fn hash_file(path: &Path, function: DigestFunction) -> io::Result<Digest> {
-    hash_reader(&File::open(path)?, function)
-}
-
-fn hash_reader(mut reader: impl Read, function: DigestFunction) -> io::Result<Digest> {
-    let mut hasher = function.hasher();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finish(size));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-}
-
-fn mismatch(expected: &Digest, actual: &Digest) -> Error {
-    Error::InvalidArgument(format!(
-        "uploaded data does not match its digest: expected {expected}, got {actual}"
-    ))
-}
-
-fn list_shard(
-    function: DigestFunction,
-    shard_dir: &Path,
-    out: &mut HashSet<Digest>,
-) -> Result<(), Error> {
-    let entries = fs::read_dir(shard_dir)
-        .map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", shard_dir.display()), e))?;
-        let name = entry.file_name();
-        match name
-            .to_str()
-            .and_then(|n| parse_blob_file_name(function, n))
-        {
-            Some(digest) => {
-                out.insert(digest);
-            }
-            None => {
-                tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a blob")
-            }
-        }
-    }
-    Ok(())
-}
-
-fn parse_blob_file_name(function: DigestFunction, name: &str) -> Option<Digest> {
-    let (hash, size) = name.split_once('-')?;
-    Digest::parse(function, hash, size.parse().ok()?).ok()
-}
-
-fn clean_tmp(tmp_dir: &Path) -> Result<(), Error> {
-    let entries = fs::read_dir(tmp_dir)
-        .map_err(|e| Error::io(format!("listing {}", tmp_dir.display()), e))?;
-    let mut removed = 0usize;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let result = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match result {
-            Ok(()) => removed += 1,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file")
-            }
-        }
-    }
-    if removed > 0 {
-        tracing::info!(removed, "removed leftover temp files from an earlier run");
-    }
-    Ok(())
-}
-
-/// A blob being written: bytes are hashed as they arrive and land in a temp file, which
-/// becomes visible under the blob's name only if [`BlobWriter::commit`] verifies it.
-/// Dropping an uncommitted writer deletes the temp file.
-pub struct BlobWriter {
-    cas: Cas,
-    expected: Digest,
-    /// `None` once the data was verified up front (whole-buffer puts).
-    hasher: Option<Hasher>,
-    written: u64,
-    file: BufWriter<File>,
-    /// The temp file's name; deletes the file when dropped.
-    path: tempfile::TempPath,
-}
-
-impl BlobWriter {
-    /// Bytes accepted so far; the committed size a resumed upload continues from.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    pub fn digest(&self) -> &Digest {
-        &self.expected
-    }
-
-    /// Verifies size and hash, flushes (and fsyncs if configured), then renames into place.
-    pub fn commit(self) -> Result<(), Error> {
-        let expected = self.expected;
-        if self.written != expected.size() {
-            return Err(Error::InvalidArgument(format!(
-                "upload of {expected} ended after {} bytes, but the digest says {}",
-                self.written,
-                expected.size()
-            )));
-        }
-        if let Some(hasher) = self.hasher {
-            let actual = hasher.finish(self.written);
-            if actual != expected {
-                return Err(mismatch(&expected, &actual));
-            }
-        }
-        let cas = self.cas;
-        let file = self
-            .file
-            .into_inner()
-            .map_err(|e| cas.write_error(format!("writing blob {expected}"), e.into_error()))?;
-        if cas.inner.options.fsync {
-            file.sync_data()
-                .map_err(|e| cas.write_error(format!("syncing blob {expected}"), e))?;
-        }
-        cas.publish(
-            &expected,
-            tempfile::NamedTempFile::from_parts(file, self.path),
-        )
-    }
-}
-
-impl Write for BlobWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written + buf.len() as u64 > self.expected.size() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "more data than the digest's size of {} bytes",
-                    self.expected.size()
-                ),
-            ));
-        }
-        let n = self
-            .file
-            .write(buf)
-            .inspect_err(|e| self.cas.on_write_failure(e))?;
-        if let Some(hasher) = &mut self.hasher {
-            hasher.update(&buf[..n]);
-        }
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sha(data: &[u8]) -> Digest {
         Digest::of(DigestFunction::Sha256, data)

@@ -3,10 +3,13 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use crate::digest::{Digest, DigestFunction, HASH_LEN};
 use crate::error::Error;
 use crate::storage::Cas;
+use crate::storage::layout;
+use crate::storage::stats::CasStats;
 
 /// Evicts at least `bytes` worth of evictable blobs if there are that many; returns how many
 /// blobs and bytes went.
@@ -29,6 +32,65 @@ pub fn evict(cas: &Cas, bytes: u64) -> (u64, u64) {
         }
     }
     (count, freed)
+}
+
+impl Cas {
+    /// Evicts down to the low-water mark if the store is over its budget. One thread evicts
+    /// at a time; the others carry on.
+    pub(super) fn maybe_evict(&self) {
+        let max = self.inner.options.max_size;
+        if max == 0 || self.inner.index.total_bytes() <= max {
+            return;
+        }
+        self.evict_down_to(self.inner.options.low_water);
+    }
+
+    /// Removes least recently used, unpinned, unleased blobs until at most `target` bytes
+    /// remain (or nothing more may go).
+    pub fn evict_down_to(&self, target: u64) {
+        if self.inner.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let total = self.inner.index.total_bytes();
+        if total > target {
+            let (count, bytes) = evict(self, total - target);
+            if count > 0 {
+                CasStats::add(&self.inner.stats.evictions, count);
+                CasStats::add(&self.inner.stats.evicted_bytes, bytes);
+                tracing::info!(
+                    count,
+                    bytes,
+                    remaining = self.inner.index.total_bytes(),
+                    "evicted blobs"
+                );
+            }
+            if self.inner.index.total_bytes() > self.inner.options.max_size.max(target) {
+                tracing::warn!(
+                    total = self.inner.index.total_bytes(),
+                    "the store stays over budget: the rest is pinned or in use"
+                );
+            }
+        }
+        self.inner.evicting.store(false, Ordering::Release);
+    }
+
+    /// Saves the index's use order so a restart keeps LRU order. On a full disk it is not
+    /// saved, with a warning: the order only guides eviction, and failing over it would turn
+    /// a clean shutdown into an error.
+    pub fn save_order(&self) -> Result<(), Error> {
+        let order = self.inner.index.order();
+        match write_order(
+            &self.inner.tmp_dir,
+            &layout::use_order(&self.inner.data_dir),
+            &order,
+        ) {
+            Err(Error::ResourceExhausted(why)) => {
+                tracing::warn!(%why, "disk full: the CAS use order was not saved");
+                Ok(())
+            }
+            other => other,
+        }
+    }
 }
 
 const RECORD: usize = 1 + HASH_LEN + 8;

@@ -95,6 +95,7 @@ impl Index {
         Ok(value)
     }
 
+    #[cfg(test)]
     pub fn insert(&self, digest: Digest, verified: bool) {
         let _ = self.insert_with(digest, verified, || Ok(()));
     }

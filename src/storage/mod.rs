@@ -4,7 +4,9 @@
 
 pub mod action_cache;
 pub mod asset_store;
+pub mod blob_writer;
 pub mod cas;
+pub mod disk;
 pub mod eviction;
 pub mod executable;
 pub mod index;
@@ -16,7 +18,8 @@ pub mod verify;
 
 pub use action_cache::ActionCache;
 pub use asset_store::AssetStore;
-pub use cas::{BlobWriter, Cas, CasOptions, Lease};
+pub use blob_writer::BlobWriter;
+pub use cas::{Cas, CasOptions, Lease};
 pub use executable::ExecutableCache;
 
 use std::path::Path;

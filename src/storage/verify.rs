@@ -3,7 +3,7 @@
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::storage::Cas;
-use crate::storage::cas::hash_file;
+use crate::storage::disk::hash_file;
 
 /// What a full check found.
 #[derive(Debug, Default)]

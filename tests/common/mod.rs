@@ -26,7 +26,7 @@ pub const CLIENT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: TempDir,
-    pub ctx: rexd::service::Context,
+    pub ctx: rexd::state::Context,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), rexd::Error>>>,
 }

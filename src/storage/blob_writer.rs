@@ -1,0 +1,317 @@
+//! Writes into the CAS: whole buffers, batches with one filesystem sync, streamed uploads
+//! hashed as they arrive ([`BlobWriter`]), and adopting an action's output files. Every write
+//! lands in a temp file, is verified against its digest, and only then is renamed into place,
+//! atomically with the index.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::digest::{Digest, DigestFunction, Hasher};
+use crate::error::Error;
+use crate::storage::Cas;
+use crate::storage::cas::BLOB_MODE;
+use crate::storage::disk::hash_reader;
+use crate::storage::stats::CasStats;
+
+impl Cas {
+    /// Stores `data` under `digest` after checking that it hashes to it.
+    pub fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
+        let actual = Digest::of(digest.function(), data);
+        if actual != *digest {
+            return Err(mismatch(digest, &actual));
+        }
+        if self.contains(digest) {
+            return Ok(());
+        }
+        let mut writer = self.writer(digest)?;
+        writer
+            .file
+            .write_all(data)
+            .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
+        writer.written = data.len() as u64;
+        writer.hasher = None;
+        writer.commit()
+    }
+
+    /// Stores many small blobs, each checked against its digest, with one filesystem sync for
+    /// all of them instead of one per blob (when fsync is on). Results are in input order.
+    pub fn put_batch(&self, items: Vec<(Digest, Bytes)>) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(items.len());
+        let mut staged: Vec<(usize, Digest, tempfile::NamedTempFile)> = Vec::new();
+        for (i, (digest, data)) in items.into_iter().enumerate() {
+            let actual = Digest::of(digest.function(), &data);
+            if actual != digest {
+                results.push(Err(mismatch(&digest, &actual)));
+                continue;
+            }
+            if self.contains(&digest) {
+                results.push(Ok(()));
+                continue;
+            }
+            match self.write_temp(&digest, &data) {
+                Ok(tmp) => {
+                    staged.push((i, digest, tmp));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if self.inner.options.fsync && !staged.is_empty() {
+            if let Err(e) = sync_filesystem(staged[0].2.as_file()) {
+                let err = self.write_error("syncing uploaded blobs", e);
+                for (i, _, _) in &staged {
+                    results[*i] = Err(Error::Unavailable(err.to_string()));
+                }
+                return results;
+            }
+        }
+        for (i, digest, tmp) in staged {
+            if let Err(e) = self.publish(&digest, tmp) {
+                results[i] = Err(e);
+            }
+        }
+        results
+    }
+
+    /// Writes `data` to a fresh read-only temp file, not yet synced or visible.
+    fn write_temp(&self, digest: &Digest, data: &[u8]) -> Result<tempfile::NamedTempFile, Error> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix("upload-")
+            .permissions(Permissions::from_mode(BLOB_MODE))
+            .tempfile_in(&self.inner.tmp_dir)
+            .map_err(|e| self.write_error("creating an upload file", e))?;
+        tmp.write_all(data)
+            .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
+        Ok(tmp)
+    }
+
+    /// Starts a streamed write of `digest`; see [`BlobWriter`].
+    pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, Error> {
+        let tmp = tempfile::Builder::new()
+            .prefix("upload-")
+            .permissions(Permissions::from_mode(BLOB_MODE))
+            .tempfile_in(&self.inner.tmp_dir)
+            .map_err(|e| self.write_error("creating an upload file", e))?;
+        // Writes go to the plain file: tempfile's own Write impl wraps errors in a way that
+        // hides their OS code, which callers classify failures by (a full disk must not read
+        // as bad client data).
+        let (file, path) = tmp.into_parts();
+        Ok(BlobWriter {
+            cas: self.clone(),
+            expected: *digest,
+            hasher: Some(digest.function().hasher()),
+            written: 0,
+            file: BufWriter::with_capacity(256 * 1024, file),
+            path,
+        })
+    }
+
+    /// Maps a write failure and, when the disk is full, frees space for the next attempt.
+    pub(super) fn write_error(&self, context: impl std::fmt::Display, err: io::Error) -> Error {
+        self.on_write_failure(&err);
+        Error::io(context, err)
+    }
+
+    pub(super) fn on_write_failure(&self, err: &io::Error) {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
+            let total = self.inner.index.total_bytes();
+            tracing::error!(
+                total,
+                "disk full while writing; evicting a tenth of the store"
+            );
+            self.evict_down_to(total - total / 10);
+        }
+    }
+
+    /// Makes a verified temp file visible as `digest`, atomically with the index.
+    fn publish(&self, digest: &Digest, tmp: tempfile::NamedTempFile) -> Result<(), Error> {
+        let dest = self.blob_path(digest);
+        self.inner
+            .index
+            .insert_with(*digest, true, || match tmp.persist(&dest) {
+                Ok(_) => Ok(()),
+                // The blob's shard directory is made on first use.
+                Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                    create_parent(&dest)?;
+                    e.file.persist(&dest).map(|_| ()).map_err(|e| e.error)
+                }
+                Err(e) => Err(e.error),
+            })
+            .map_err(|e| self.write_error(format!("storing blob {digest}"), e))?;
+        CasStats::add(&self.inner.stats.bytes_in, digest.size());
+        self.maybe_evict();
+        Ok(())
+    }
+
+    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
+    /// digest. The file is hardlinked into place (copied where a link is refused), made
+    /// read-only and owned by the server; it must not change afterwards.
+    pub fn adopt_file(&self, path: &Path, function: DigestFunction) -> Result<Digest, Error> {
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let digest = hash_reader(&file, function)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        if self.inner.options.fsync {
+            file.sync_data()
+                .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+        }
+        // A file made by an action under another uid stays that uid's to chmod and rewrite;
+        // a blob must belong to the server alone.
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        if std::os::unix::fs::MetadataExt::uid(&meta) != uid {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("taking ownership of {}", path.display()), e))?;
+        }
+        fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
+            .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
+        let dest = self.blob_path(&digest);
+        let linked = self.inner.index.insert_with(digest, true, || {
+            let mut result = fs::hard_link(path, &dest);
+            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                create_parent(&dest)?;
+                result = fs::hard_link(path, &dest);
+            }
+            match result {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+                Err(_) => Ok(false),
+            }
+        });
+        if !linked.unwrap_or(false) {
+            // Links refused (another filesystem, link limit): copy through a temp file.
+            let tmp = tempfile::Builder::new()
+                .prefix("adopt-")
+                .permissions(Permissions::from_mode(BLOB_MODE))
+                .tempfile_in(&self.inner.tmp_dir)
+                .map_err(|e| self.write_error("creating a temp file", e))?;
+            fs::copy(path, tmp.path())
+                .map_err(|e| self.write_error(format!("storing output {}", path.display()), e))?;
+            self.publish(&digest, tmp)?;
+            return Ok(digest);
+        }
+        CasStats::add(&self.inner.stats.bytes_in, digest.size());
+        self.maybe_evict();
+        Ok(digest)
+    }
+}
+
+/// A blob being written: bytes are hashed as they arrive and land in a temp file, which
+/// becomes visible under the blob's name only if [`BlobWriter::commit`] verifies it.
+/// Dropping an uncommitted writer deletes the temp file.
+pub struct BlobWriter {
+    cas: Cas,
+    expected: Digest,
+    /// `None` once the data was verified up front (whole-buffer puts).
+    hasher: Option<Hasher>,
+    written: u64,
+    file: BufWriter<File>,
+    /// The temp file's name; deletes the file when dropped.
+    path: tempfile::TempPath,
+}
+
+impl BlobWriter {
+    /// Bytes accepted so far; the committed size a resumed upload continues from.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.expected
+    }
+
+    /// Verifies size and hash, flushes (and fsyncs if configured), then renames into place.
+    pub fn commit(self) -> Result<(), Error> {
+        let expected = self.expected;
+        if self.written != expected.size() {
+            return Err(Error::InvalidArgument(format!(
+                "upload of {expected} ended after {} bytes, but the digest says {}",
+                self.written,
+                expected.size()
+            )));
+        }
+        if let Some(hasher) = self.hasher {
+            let actual = hasher.finish(self.written);
+            if actual != expected {
+                return Err(mismatch(&expected, &actual));
+            }
+        }
+        let cas = self.cas;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| cas.write_error(format!("writing blob {expected}"), e.into_error()))?;
+        if cas.inner.options.fsync {
+            file.sync_data()
+                .map_err(|e| cas.write_error(format!("syncing blob {expected}"), e))?;
+        }
+        cas.publish(
+            &expected,
+            tempfile::NamedTempFile::from_parts(file, self.path),
+        )
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.expected.size() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "more data than the digest's size of {} bytes",
+                    self.expected.size()
+                ),
+            ));
+        }
+        let n = self
+            .file
+            .write(buf)
+            .inspect_err(|e| self.cas.on_write_failure(e))?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Creates the (shard) directory a blob goes in.
+fn create_parent(dest: &Path) -> io::Result<()> {
+    fs::create_dir_all(dest.parent().expect("blob paths have a parent"))
+}
+
+/// Flushes every dirty page of the filesystem holding `file`: one call makes a whole batch
+/// of freshly written blobs durable.
+fn sync_filesystem(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on a valid, open file descriptor.
+    if unsafe { nix::libc::syncfs(file.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mismatch(expected: &Digest, actual: &Digest) -> Error {
+    Error::InvalidArgument(format!(
+        "uploaded data does not match its digest: expected {expected}, got {actual}"
+    ))
+}
