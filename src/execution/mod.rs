@@ -2,6 +2,7 @@
 //! and the local workers that stage, run and collect actions. [`Engine`] is the one door
 //! into all of it.
 
+pub mod completion;
 pub mod input_tree;
 pub mod operations;
 pub mod outputs;

@@ -1,13 +1,14 @@
-//! Local workers: each takes the next job from the scheduler and runs it through the phases
-//! prepare (stage inputs), execute, upload (collect outputs, write the action cache) and
-//! clean up, then completes the operation for every waiter.
+//! Local workers, the first kind of executor: each takes the next job from the scheduler and
+//! runs it through the phases prepare (stage inputs), execute, upload (collect outputs) and
+//! clean up, between the [`completion::begin`] and [`completion::finish`] every executor
+//! shares.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Error;
-use crate::execution::operations::{self, OperationState};
+use crate::execution::completion::{self, RunOutcome};
 use crate::execution::outputs;
 use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
@@ -55,71 +56,21 @@ fn now() -> Option<prost_types::Timestamp> {
 }
 
 async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
-    let op = &job.op;
-    if op.is_done() {
+    let Some(mut metadata) = completion::begin(job, worker) else {
         return; // Cancelled while queued.
-    }
-    op.set_executing();
-    tracing::info!(operation = %op.name, action = %job.spec.action_digest, worker, "executing");
+    };
     // Each worker reuses one directory (its exec root emptied after every action, its stdout
     // and stderr files truncated): creating and deleting inodes per action is a large part of
     // a short action's cost on ext4, which scans recently deleted inodes on every create.
     let dir = ctx.work_dir.join(format!("slot-{slot}"));
-    let mut metadata = ExecutedActionMetadata {
-        worker: worker.to_string(),
-        queued_timestamp: Some(job.queued_at.into()),
-        worker_start_timestamp: now(),
-        ..Default::default()
-    };
-    let outcome = execute(ctx, slot, job, &dir, &mut metadata).await;
-    metadata.worker_completed_timestamp = now();
-    let (mut result, status) = match outcome {
-        Ok((result, status)) => (result, status),
-        Err(e) => (ActionResult::default(), Some(e)),
-    };
-    let failed = status.is_some() || result.exit_code != 0;
-    result.execution_metadata = Some(metadata);
-    let digest = job.spec.action_digest;
-    if !failed && job.spec.cacheable() {
-        let ac = ctx.ac.clone();
-        let instance = job.spec.instance.clone();
-        let stored = result.clone();
-        if let Err(e) = blocking(move || ac.put(&instance, &digest, &stored)).await {
-            tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
-        }
-    }
-    let outcome = match &status {
-        None if result.exit_code == 0 => "success",
-        None => "nonzero_exit",
-        Some(e) => match e.code() {
-            tonic::Code::DeadlineExceeded => "timeout",
-            tonic::Code::Cancelled => "cancelled",
-            _ => "error",
+    let outcome = match execute(ctx, slot, job, &dir, &mut metadata).await {
+        Ok((result, error)) => RunOutcome { result, error },
+        Err(e) => RunOutcome {
+            result: ActionResult::default(),
+            error: Some(e),
         },
     };
-    let elapsed = job.queued_at.elapsed().unwrap_or_default();
-    metrics::histogram!("rexd_action_duration_seconds", "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-    // One structured line per finished action, with what the client said about it.
-    let m = op.request_metadata.clone().unwrap_or_default();
-    let tool = m.tool_details.unwrap_or_default();
-    tracing::info!(
-        operation = %op.name,
-        action = %digest,
-        instance = %job.spec.instance,
-        outcome,
-        exit_code = result.exit_code,
-        status = status.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
-        duration_ms = elapsed.as_millis() as u64,
-        tool = %tool.tool_name,
-        tool_version = %tool.tool_version,
-        invocation = %m.tool_invocation_id,
-        correlated_invocations = %m.correlated_invocations_id,
-        mnemonic = %m.action_mnemonic,
-        target = %m.target_id,
-        "action completed"
-    );
-    complete(op, result, status);
+    let failed = completion::finish(&ctx.ac, job, outcome, metadata).await;
     let keep = (failed && ctx.keep_failed_action_dirs).then(|| {
         ctx.work_dir
             .join(format!("failed-{}", uuid::Uuid::new_v4()))
@@ -129,11 +80,6 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
         Ok(())
     })
     .await;
-}
-
-/// Completes `op` with a fresh (not cached) result.
-fn complete(op: &OperationState, result: ActionResult, status: Option<Error>) {
-    op.complete(operations::execute_response(Some(result), false, status));
 }
 
 /// The phases of one action. Errors that stop the action before it produced a result come

@@ -1,0 +1,102 @@
+//! The two ends of running a job that every executor shares, whichever kind it is (a local
+//! worker slot today, a remote bot later): [`begin`] when an executor takes a job from the
+//! scheduler, [`finish`] when it has a result. Between them the executor stages, runs and
+//! collects the action its own way. `finish` writes the action cache, records the metric and
+//! the one "action completed" log line, and completes the operation for every waiter.
+
+use crate::error::Error;
+use crate::execution::operations;
+use crate::execution::scheduler::Job;
+use crate::offload::blocking;
+use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
+use crate::storage::ActionCache;
+
+/// Marks `job` as executing on `executor`; `None` if it was cancelled while queued (the
+/// executor then skips it). Otherwise the metadata the executor fills in as it goes.
+pub fn begin(job: &Job, executor: &str) -> Option<ExecutedActionMetadata> {
+    let op = &job.op;
+    if op.is_done() {
+        return None;
+    }
+    op.set_executing();
+    tracing::info!(operation = %op.name, action = %job.spec.action_digest, worker = executor, "executing");
+    Some(ExecutedActionMetadata {
+        worker: executor.to_string(),
+        queued_timestamp: Some(job.queued_at.into()),
+        worker_start_timestamp: Some(std::time::SystemTime::now().into()),
+        ..Default::default()
+    })
+}
+
+/// How a run ended: a result (whatever its exit code) and the error that cut it short or
+/// kept it from producing one.
+pub struct RunOutcome {
+    pub result: ActionResult,
+    pub error: Option<Error>,
+}
+
+impl RunOutcome {
+    /// Whether the run failed: an error, or a non-zero exit.
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || self.result.exit_code != 0
+    }
+}
+
+/// Finishes `job` with what its executor reports; returns whether it failed.
+pub async fn finish(
+    ac: &ActionCache,
+    job: &Job,
+    mut outcome: RunOutcome,
+    mut metadata: ExecutedActionMetadata,
+) -> bool {
+    let op = &job.op;
+    metadata.worker_completed_timestamp = Some(std::time::SystemTime::now().into());
+    outcome.result.execution_metadata = Some(metadata);
+    let failed = outcome.failed();
+    let digest = job.spec.action_digest;
+    if !failed && job.spec.cacheable() {
+        let (ac, instance, stored) = (
+            ac.clone(),
+            job.spec.instance.clone(),
+            outcome.result.clone(),
+        );
+        if let Err(e) = blocking(move || ac.put(&instance, &digest, &stored)).await {
+            tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
+        }
+    }
+    let label = match &outcome.error {
+        None if outcome.result.exit_code == 0 => "success",
+        None => "nonzero_exit",
+        Some(Error::DeadlineExceeded(_)) => "timeout",
+        Some(Error::Cancelled(_)) => "cancelled",
+        Some(_) => "error",
+    };
+    let elapsed = job.queued_at.elapsed().unwrap_or_default();
+    metrics::histogram!("rexd_action_duration_seconds", "outcome" => label)
+        .record(elapsed.as_secs_f64());
+    // One structured line per finished action, with what the client said about it.
+    let m = op.request_metadata.clone().unwrap_or_default();
+    let tool = m.tool_details.unwrap_or_default();
+    tracing::info!(
+        operation = %op.name,
+        action = %digest,
+        instance = %job.spec.instance,
+        outcome = label,
+        exit_code = outcome.result.exit_code,
+        status = outcome.error.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
+        duration_ms = elapsed.as_millis() as u64,
+        tool = %tool.tool_name,
+        tool_version = %tool.tool_version,
+        invocation = %m.tool_invocation_id,
+        correlated_invocations = %m.correlated_invocations_id,
+        mnemonic = %m.action_mnemonic,
+        target = %m.target_id,
+        "action completed"
+    );
+    op.complete(operations::execute_response(
+        Some(outcome.result),
+        false,
+        outcome.error,
+    ));
+    failed
+}
