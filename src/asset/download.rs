@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +45,7 @@ struct Inner {
     max_size: u64,
     cas: Cas,
     store: AssetStore,
-    tmp_dir: PathBuf,
+
     // A std Mutex: held only to look up, insert or remove a flight; never across an await.
     flights: Mutex<HashMap<AssetKey, Flight>>,
 }
@@ -88,7 +87,6 @@ impl Downloader {
                 client,
                 allowed_hosts,
                 max_size: config.max_download_size.as_u64(),
-                tmp_dir: crate::storage::layout::tmp(cas.data_dir()),
                 cas,
                 store,
                 flights: Mutex::new(HashMap::new()),
@@ -197,29 +195,25 @@ impl Inner {
             self.check_size(&uri, len)?;
         }
 
-        // The body goes to a blocking task that writes and hashes it, so neither the disk
-        // nor the hashing runs on the async threads.
+        // The body goes to a blocking task that writes it into the CAS, hashing it there for
+        // the CAS digest and here for the checksum, so neither the disk nor the hashing runs on
+        // the async threads and the body is read once.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        let tmp_dir = self.tmp_dir.clone();
+        let cas = self.cas.clone();
+        let function = key.function;
         let hasher = sri.as_ref().map(|s| s.algorithm.hasher());
         let sink = tokio::task::spawn_blocking(move || {
-            let tmp = tempfile::Builder::new()
-                .prefix("download-")
-                .tempfile_in(&tmp_dir)
-                .map_err(|e| Error::io("creating a download file", e))?;
-            let mut file = std::io::BufWriter::with_capacity(256 * 1024, tmp);
+            let mut writer = cas.content_writer(function)?;
             let mut hasher = hasher;
             while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)
+                writer
+                    .write_all(&chunk)
                     .map_err(|e| Error::io("writing a download", e))?;
                 if let Some(h) = &mut hasher {
                     h.update(&chunk);
                 }
             }
-            let tmp = file
-                .into_inner()
-                .map_err(|e| Error::io("writing a download", e.into_error()))?;
-            Ok::<_, Error>((tmp, hasher.map(|h| h.finish())))
+            Ok::<_, Error>((writer, hasher.map(|h| h.finish())))
         });
         let mut received = 0u64;
         let pumped: Result<(), Error> = async {
@@ -238,15 +232,14 @@ impl Inner {
             .await
             .map_err(|e| Error::Internal(format!("download writer: {e}")))?;
         pumped?;
-        let (tmp, actual) = sunk?;
+        let (writer, actual) = sunk?;
         if let (Some(sri), Some(actual)) = (&sri, actual) {
             sri.check(&uri, &actual)?;
         }
-
+        // Only checked content reaches the CAS.
         let cas = self.cas.clone();
-        let function = key.function;
         let digest = blocking(move || {
-            let digest = cas.adopt_file(tmp.path(), function)?;
+            let digest = writer.commit()?;
             cas.pin([&digest]);
             Ok(digest)
         })

@@ -170,7 +170,7 @@ impl ByteStream for ByteStreamService {
                 Some(writer) => Ok(writer),
                 None => cas.writer(&digest),
             }
-            .and_then(|writer| write_chunks(writer, compression, rx, &upload.committed));
+            .and_then(|writer| write_chunks(writer, &digest, compression, rx, &upload.committed));
             let (outcome, parked) = match written {
                 Ok((outcome, parked)) => (Ok(outcome), parked),
                 Err(e) => (Err(e), None),
@@ -289,11 +289,11 @@ enum Outcome {
 /// Returns how the stream ended and, when it can be resumed, the writer to park.
 fn write_chunks(
     writer: BlobWriter,
+    digest: &Digest,
     compression: Compression,
     mut rx: mpsc::Receiver<Chunk>,
     committed: &AtomicU64,
 ) -> Result<(Outcome, Option<BlobWriter>), Error> {
-    let digest = *writer.digest();
     match compression {
         Compression::Identity => {
             let mut writer = writer;
@@ -302,7 +302,7 @@ fn write_chunks(
                     Chunk::Data(data) => {
                         writer
                             .write_all(&data)
-                            .map_err(|e| write_error(&digest, e))?;
+                            .map_err(|e| write_error(digest, e))?;
                         committed.store(writer.written(), Ordering::Release);
                     }
                     Chunk::Finish => {
@@ -322,12 +322,12 @@ fn write_chunks(
                     Chunk::Data(data) => {
                         decoder
                             .write_all(&data)
-                            .map_err(|e| write_error(&digest, e))?;
+                            .map_err(|e| write_error(digest, e))?;
                         // Compressed uploads count the compressed bytes received.
                         committed.fetch_add(data.len() as u64, Ordering::Release);
                     }
                     Chunk::Finish => {
-                        decoder.flush().map_err(|e| write_error(&digest, e))?;
+                        decoder.flush().map_err(|e| write_error(digest, e))?;
                         decoder.into_inner().commit()?;
                         return Ok((Outcome::Committed, None));
                     }

@@ -34,7 +34,7 @@ impl Cas {
             .map_err(|e| self.write_error(format!("writing blob {digest}"), e))?;
         writer.written = data.len() as u64;
         writer.hasher = None;
-        writer.commit()
+        writer.commit().map(|_| ())
     }
 
     /// Stores many small blobs, each checked against its digest, with one filesystem sync for
@@ -102,12 +102,20 @@ impl Cas {
         let (file, path) = tmp.into_parts();
         Ok(BlobWriter {
             cas: self.clone(),
-            expected: *digest,
+            expected: Some(*digest),
             hasher: Some(digest.function().hasher()),
             written: 0,
             file: BufWriter::with_capacity(256 * 1024, file),
             path,
         })
+    }
+
+    /// Starts a streamed write of content whose digest is not known beforehand (a download):
+    /// it is hashed with `function` as it is written and stored under the result.
+    pub fn content_writer(&self, function: DigestFunction) -> Result<BlobWriter, Error> {
+        let mut writer = self.writer(&Digest::empty(function))?;
+        writer.expected = None;
+        Ok(writer)
     }
 
     /// Maps a write failure and, when the disk is full, frees space for the next attempt.
@@ -216,7 +224,9 @@ impl Cas {
 /// Dropping an uncommitted writer deletes the temp file.
 pub struct BlobWriter {
     cas: Cas,
-    expected: Digest,
+    /// The digest the content must have; `None` for content stored under whatever digest it
+    /// turns out to have.
+    expected: Option<Digest>,
     /// `None` once the data was verified up front (whole-buffer puts).
     hasher: Option<Hasher>,
     written: u64,
@@ -231,50 +241,67 @@ impl BlobWriter {
         self.written
     }
 
-    pub fn digest(&self) -> &Digest {
-        &self.expected
+    /// The digest the content must have, if it was given.
+    pub fn digest(&self) -> Option<&Digest> {
+        self.expected.as_ref()
     }
 
-    /// Verifies size and hash, flushes (and fsyncs if configured), then renames into place.
-    pub fn commit(self) -> Result<(), Error> {
-        let expected = self.expected;
-        if self.written != expected.size() {
-            return Err(Error::InvalidArgument(format!(
-                "upload of {expected} ended after {} bytes, but the digest says {}",
-                self.written,
-                expected.size()
-            )));
-        }
-        if let Some(hasher) = self.hasher {
-            let actual = hasher.finish(self.written);
-            if actual != expected {
-                return Err(mismatch(&expected, &actual));
+    /// Verifies size and hash (or, for content of unknown digest, computes it), flushes (and
+    /// fsyncs if configured), then renames into place. Returns the blob's digest.
+    pub fn commit(self) -> Result<Digest, Error> {
+        let digest = match self.expected {
+            Some(expected) => {
+                if self.written != expected.size() {
+                    return Err(Error::InvalidArgument(format!(
+                        "upload of {expected} ended after {} bytes, but the digest says {}",
+                        self.written,
+                        expected.size()
+                    )));
+                }
+                if let Some(hasher) = self.hasher {
+                    let actual = hasher.finish(self.written);
+                    if actual != expected {
+                        return Err(mismatch(&expected, &actual));
+                    }
+                }
+                expected
             }
-        }
+            None => {
+                let hasher = self.hasher.expect("content of unknown digest is hashed");
+                let digest = hasher.finish(self.written);
+                if self.cas.contains(&digest) {
+                    return Ok(digest); // Already stored; the temp file goes.
+                }
+                digest
+            }
+        };
         let cas = self.cas;
         let file = self
             .file
             .into_inner()
-            .map_err(|e| cas.write_error(format!("writing blob {expected}"), e.into_error()))?;
+            .map_err(|e| cas.write_error(format!("writing blob {digest}"), e.into_error()))?;
         if cas.inner.options.fsync {
             file.sync_data()
-                .map_err(|e| cas.write_error(format!("syncing blob {expected}"), e))?;
+                .map_err(|e| cas.write_error(format!("syncing blob {digest}"), e))?;
         }
         cas.publish(
-            &expected,
+            &digest,
             tempfile::NamedTempFile::from_parts(file, self.path),
-        )
+        )?;
+        Ok(digest)
     }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written + buf.len() as u64 > self.expected.size() {
+        if let Some(expected) = &self.expected
+            && self.written + buf.len() as u64 > expected.size()
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "more data than the digest's size of {} bytes",
-                    self.expected.size()
+                    expected.size()
                 ),
             ));
         }
