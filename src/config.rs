@@ -500,16 +500,7 @@ impl Config {
 }
 
 fn is_reserved_segment(s: &str) -> bool {
-    matches!(
-        s,
-        "blobs"
-            | "uploads"
-            | "compressed-blobs"
-            | "operations"
-            | "capabilities"
-            | "actions"
-            | "actionResults"
-    )
+    crate::resource::RESERVED.contains(&s)
 }
 
 #[cfg(test)]

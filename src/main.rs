@@ -56,7 +56,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => match Config::load(&path) {
+        Some(Command::CheckConfig { path }) => match Config::load(&path).and_then(|config| {
+            // Everything serve reads at start-up, token files and variables included.
+            rexd::auth::Authenticator::from_config(&config.auth.tokens)
+                .map_err(|e| rexd::config::ConfigError::Invalid(e.to_string()))?;
+            Ok(config)
+        }) {
             Ok(config) => {
                 println!("{}: OK", path.display());
                 println!("{config:#?}");

@@ -35,8 +35,9 @@ pub struct ResourceName {
     pub digest: Digest,
 }
 
-/// Words that can never be an instance-name segment, because they start the blob part.
-const RESERVED: &[&str] = &[
+/// Words that can never be an instance-name segment, because they start the blob part (the
+/// configuration rejects instance names that contain one).
+pub const RESERVED: &[&str] = &[
     "blobs",
     "uploads",
     "compressed-blobs",

@@ -773,3 +773,40 @@ async fn bad_token_configuration_stops_the_server() {
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
+
+#[test]
+fn check_config_reads_token_files_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rexd.toml");
+    let missing = dir.path().join("no-such-token");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"ci\"\nfile = {:?}\nroles = {{ \"*\" = [\"read\"] }}\n",
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rexd"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a missing token file passed check-config"
+    );
+    assert!(stderr.contains("no-such-token"), "{stderr}");
+    std::fs::write(&missing, "s3cret\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rexd"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
