@@ -1,20 +1,15 @@
-//! ByteStream: streamed blob reads and writes, resumable uploads, and zstd on the wire.
-//!
-//! Bytes never sit whole in memory: a read is pumped from the file in chunks by a blocking
-//! task; a write is fed chunk by chunk to a blocking task that hashes and writes it to a temp
-//! file, which is renamed into the CAS only once verified.
+//! ByteStream: streamed blob reads and writes, resumable uploads, and zstd on the wire. The
+//! adapter checks resource names, offsets and the upload's continuity; the pipelines that
+//! move the bytes are [`crate::storage::stream`], and the upload registry that makes writes
+//! resumable is [`crate::storage::uploads`].
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Role;
-use crate::digest::Digest;
 use crate::error::Error;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
@@ -23,12 +18,9 @@ use crate::proto::bytestream::{
 use crate::resource::{Compression, ResourceName};
 use crate::state::Context;
 use crate::storage::BlobWriter;
+use crate::storage::stream::{self, Chunk, WriteEnd, write_chunks};
 use crate::storage::uploads::{Begun, Uploads};
 
-/// Size of each ReadResponse chunk; well under the 4 MiB most clients accept per message.
-const READ_CHUNK: usize = 1024 * 1024;
-/// zstd level for compressed reads: fast, as the point is saving wire bytes cheaply.
-const ZSTD_LEVEL: i32 = 1;
 pub struct ByteStreamService {
     ctx: Context,
     uploads: Arc<Uploads>,
@@ -83,38 +75,19 @@ impl ByteStream for ByteStreamService {
             0 => remaining,
             n => n.min(remaining),
         };
-        // One chunk queued while the next is read: enough to keep the pipeline full, and
-        // each chunk queued per stream is a megabyte of server memory.
-        let (tx, rx) = mpsc::channel(1);
-        let (opened_tx, opened_rx) = oneshot::channel();
-        let cas = self.ctx.cas.clone();
-        tokio::task::spawn_blocking(move || {
-            let _lease = cas.lease(vec![digest]);
-            let file = match cas.open_blob(&digest) {
-                Ok(Some(file)) => file,
-                Ok(None) => {
-                    let _ = opened_tx.send(Err(Error::NotFound(format!(
-                        "blob {digest} is not in the CAS"
-                    ))));
-                    return;
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e));
-                    return;
-                }
-            };
-            if opened_tx.send(Ok(())).is_err() {
-                return;
-            }
-            if let Err(e) = send_file(file, offset, limit, name.compression, &tx) {
-                let status = Error::io(format!("reading blob {digest}"), e).into();
-                let _ = tx.blocking_send(Err(status));
-            }
-        });
-        opened_rx
-            .await
-            .map_err(|_| Error::Internal("read task ended early".into()))??;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let chunks = stream::read(
+            self.ctx.cas.clone(),
+            digest,
+            offset,
+            limit,
+            name.compression,
+        )
+        .await?;
+        Ok(Response::new(Box::pin(chunks.map(|chunk| {
+            chunk
+                .map(|data| ReadResponse { data })
+                .map_err(Status::from)
+        }))))
     }
 
     async fn write(
@@ -228,10 +201,10 @@ impl ByteStream for ByteStreamService {
             .await
             .map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
         match outcome {
-            Outcome::Committed => Ok(Response::new(WriteResponse {
+            WriteEnd::Committed => Ok(Response::new(WriteResponse {
                 committed_size: offset,
             })),
-            Outcome::Unfinished => Err(input_error
+            WriteEnd::Unfinished => Err(input_error
                 .map(Status::from)
                 .or(stream_error)
                 .unwrap_or_else(|| {
@@ -267,122 +240,6 @@ impl ByteStream for ByteStreamService {
                 request.get_ref().resource_name
             ))
             .into()),
-        }
-    }
-}
-
-/// Messages from the gRPC stream to the blocking writer.
-enum Chunk {
-    Data(Bytes),
-    Finish,
-    /// The client sent something invalid; throw the upload away.
-    Abort,
-}
-
-enum Outcome {
-    Committed,
-    /// The stream ended early.
-    Unfinished,
-}
-
-/// Feeds the stream's chunks to the writer, counting them in `committed` as they land.
-/// Returns how the stream ended and, when it can be resumed, the writer to park.
-fn write_chunks(
-    writer: BlobWriter,
-    digest: &Digest,
-    compression: Compression,
-    mut rx: mpsc::Receiver<Chunk>,
-    committed: &AtomicU64,
-) -> Result<(Outcome, Option<BlobWriter>), Error> {
-    match compression {
-        Compression::Identity => {
-            let mut writer = writer;
-            while let Some(chunk) = rx.blocking_recv() {
-                match chunk {
-                    Chunk::Data(data) => {
-                        writer
-                            .write_all(&data)
-                            .map_err(|e| write_error(digest, e))?;
-                        committed.store(writer.written(), Ordering::Release);
-                    }
-                    Chunk::Finish => {
-                        writer.commit()?;
-                        return Ok((Outcome::Committed, None));
-                    }
-                    Chunk::Abort => return Ok((Outcome::Unfinished, None)),
-                }
-            }
-            Ok((Outcome::Unfinished, Some(writer)))
-        }
-        Compression::Zstd => {
-            let mut decoder = zstd::stream::write::Decoder::new(writer)
-                .map_err(|e| Error::Internal(format!("starting a zstd decoder: {e}")))?;
-            while let Some(chunk) = rx.blocking_recv() {
-                match chunk {
-                    Chunk::Data(data) => {
-                        decoder
-                            .write_all(&data)
-                            .map_err(|e| write_error(digest, e))?;
-                        // Compressed uploads count the compressed bytes received.
-                        committed.fetch_add(data.len() as u64, Ordering::Release);
-                    }
-                    Chunk::Finish => {
-                        decoder.flush().map_err(|e| write_error(digest, e))?;
-                        decoder.into_inner().commit()?;
-                        return Ok((Outcome::Committed, None));
-                    }
-                    Chunk::Abort => break,
-                }
-            }
-            // A zstd stream cannot be resumed mid-frame: the client starts over.
-            Ok((Outcome::Unfinished, None))
-        }
-    }
-}
-
-fn write_error(digest: &Digest, err: io::Error) -> Error {
-    // Errors without an OS code come from our own size check or from the zstd decoder:
-    // both mean the client sent bad data.
-    match err.raw_os_error() {
-        None => Error::InvalidArgument(format!("upload of {digest}: {err}")),
-        Some(_) => Error::io(format!("writing blob {digest}"), err),
-    }
-}
-
-/// Streams `limit` bytes from `offset` of an open blob into the response channel, compressing
-/// on the way if asked. Offsets and limits count uncompressed bytes.
-fn send_file(
-    mut file: std::fs::File,
-    offset: u64,
-    limit: u64,
-    compression: Compression,
-    tx: &mpsc::Sender<Result<ReadResponse, Status>>,
-) -> io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    let reader = file.take(limit);
-    match compression {
-        Compression::Identity => pump(reader, tx),
-        Compression::Zstd => pump(zstd::stream::read::Encoder::new(reader, ZSTD_LEVEL)?, tx),
-    }
-}
-
-fn pump(mut reader: impl Read, tx: &mpsc::Sender<Result<ReadResponse, Status>>) -> io::Result<()> {
-    loop {
-        let mut buf = Vec::with_capacity(READ_CHUNK);
-        let n = reader
-            .by_ref()
-            .take(READ_CHUNK as u64)
-            .read_to_end(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if tx
-            .blocking_send(Ok(ReadResponse {
-                data: Bytes::from(buf),
-            }))
-            .is_err()
-        {
-            return Ok(()); // The client went away.
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod executable;
 pub mod index;
 pub mod layout;
 pub mod stats;
+pub mod stream;
 pub mod tree;
 pub mod uploads;
 pub mod verify;
