@@ -90,7 +90,7 @@ impl Authenticator {
                 roles: t.roles.clone(),
             });
             if table.insert(hash, identity).is_some() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadInput(format!(
                     "auth token {:?} is configured twice",
                     t.name
                 )));
@@ -117,7 +117,7 @@ impl Authenticator {
             })
             .map(str::trim)
             .ok_or_else(|| {
-                Error::Unauthenticated(
+                Error::NoCredentials(
                     "this server needs a bearer token: send `authorization: Bearer <token>` \
                      (Bazel: --remote_header=authorization=Bearer <token>)"
                         .into(),
@@ -128,7 +128,7 @@ impl Authenticator {
             .get(&hash)
             .cloned()
             .map(Some)
-            .ok_or_else(|| Error::Unauthenticated("the bearer token is not valid".into()))
+            .ok_or_else(|| Error::NoCredentials("the bearer token is not valid".into()))
     }
 
     /// The tonic interceptor that authenticates every call of a service.
@@ -164,7 +164,7 @@ impl Authenticator {
 }
 
 fn token_hash(t: &TokenConfig) -> Result<[u8; 32], Error> {
-    let bad = |why: String| Error::InvalidArgument(format!("auth token {:?}: {why}", t.name));
+    let bad = |why: String| Error::BadInput(format!("auth token {:?}: {why}", t.name));
     let secret = match (&t.sha256, &t.file, &t.env) {
         (Some(hex_hash), None, None) => {
             let mut out = [0u8; 32];
@@ -196,7 +196,7 @@ pub fn authorize(caller: &Caller, instance: &str, role: Role) -> Result<(), Erro
     match caller {
         None => Ok(()),
         Some(identity) if identity.has(instance, role) => Ok(()),
-        Some(identity) => Err(Error::PermissionDenied(format!(
+        Some(identity) => Err(Error::Denied(format!(
             "token {:?} lacks the {:?} role on instance {instance:?}",
             identity.name,
             role.name()
@@ -228,18 +228,18 @@ mod tests {
                 .unwrap();
         assert!(matches!(
             auth.authenticate(None),
-            Err(Error::Unauthenticated(_))
+            Err(Error::NoCredentials(_))
         ));
         assert!(matches!(
             auth.authenticate(Some("Bearer nope")),
-            Err(Error::Unauthenticated(_))
+            Err(Error::NoCredentials(_))
         ));
         let caller = auth.authenticate(Some("Bearer s3cret")).unwrap();
         assert!(authorize(&caller, "", Role::Read).is_ok());
         assert!(authorize(&caller, "other", Role::Write).is_ok());
         assert!(matches!(
             authorize(&caller, "other", Role::Read),
-            Err(Error::PermissionDenied(_))
+            Err(Error::Denied(_))
         ));
         let err = authorize(&caller, "", Role::AcWrite)
             .unwrap_err()

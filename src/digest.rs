@@ -28,12 +28,12 @@ impl DigestFunction {
                 Ok(DigestFunction::Sha256)
             }
             Ok(re::digest_function::Value::Blake3) => Ok(DigestFunction::Blake3),
-            Ok(other) => Err(Error::InvalidArgument(format!(
+            Ok(other) => Err(Error::BadInput(format!(
                 "digest function {} is not supported; this server supports: {}",
                 other.as_str_name(),
                 Self::supported_names()
             ))),
-            Err(_) => Err(Error::InvalidArgument(format!(
+            Err(_) => Err(Error::BadInput(format!(
                 "unknown digest function value {value}"
             ))),
         }
@@ -99,7 +99,7 @@ impl Digest {
     /// Parses a hex hash and a size, as found in protos and resource names.
     pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self, Error> {
         if size < 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "digest {hash}/{size}: size must not be negative"
             )));
         }
@@ -107,7 +107,7 @@ impl Digest {
         if bytes.len() != HASH_LEN * 2
             || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "digest {hash:?}/{size}: a {} hash must be {} lower-case hex characters",
                 function.name(),
                 HASH_LEN * 2
@@ -133,8 +133,7 @@ impl Digest {
         digest: Option<&re::Digest>,
         what: &str,
     ) -> Result<Self, Error> {
-        let digest =
-            digest.ok_or_else(|| Error::InvalidArgument(format!("{what} digest is missing")))?;
+        let digest = digest.ok_or_else(|| Error::BadInput(format!("{what} digest is missing")))?;
         Self::from_proto(function, digest)
     }
 
@@ -275,7 +274,7 @@ mod tests {
             ("", 0),
         ] {
             let err = Digest::parse(DigestFunction::Sha256, hash, size).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument(_)), "{hash}/{size}");
+            assert!(matches!(err, Error::BadInput(_)), "{hash}/{size}");
         }
     }
 

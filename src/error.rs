@@ -10,38 +10,63 @@ use prost::Message;
 use crate::digest::Digest;
 use crate::proto::rpc;
 
-#[derive(Debug, thiserror::Error)]
+/// What went wrong, in the words of the layer that saw it. No variant names a wire code:
+/// [`Error::code`] decides those, once, for every RPC.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// The request itself is malformed: a bad digest, name, field, tree or upload.
     #[error("{0}")]
-    InvalidArgument(String),
+    BadInput(String),
+    /// What the request names is not stored: a blob, action result, operation or asset.
     #[error("{0}")]
-    NotFound(String),
+    Absent(String),
+    /// A read starts or ends past the end of the blob it names.
     #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
+    BeyondEnd(String),
     /// Blobs a request depends on are not in the CAS; reported as a `PreconditionFailure`.
     #[error("{} blob(s) missing from the CAS: {}", .0.len(), missing_list(.0))]
     MissingBlobs(Vec<Digest>),
+    /// The action asks for what this server cannot give it: a platform no worker has, a
+    /// sandbox property it does not allow, outputs outside the exec root.
     #[error("{0}")]
-    ResourceExhausted(String),
+    Unsatisfiable(String),
+    /// The disk under the data directory is full; worth retrying once eviction has run.
     #[error("{0}")]
-    Unavailable(String),
+    DiskFull(String),
+    /// A configured limit was reached: queue length, blob or output size, an origin's rate.
     #[error("{0}")]
-    PermissionDenied(String),
+    OverLimit(String),
+    /// The server is draining for shutdown and takes no new work.
     #[error("{0}")]
-    Unauthenticated(String),
+    ShuttingDown(String),
+    /// A disk or socket operation of the server's own failed; it may pass.
+    #[error("{0}")]
+    Io(String),
+    /// An origin server the Remote Asset API downloads from failed or could not be reached.
+    #[error("{0}")]
+    Upstream(String),
+    /// The caller presented no credentials, or ones that are not valid.
+    #[error("{0}")]
+    NoCredentials(String),
+    /// The caller is known but its roles do not cover the request, or a policy forbids it.
+    #[error("{0}")]
+    Denied(String),
+    /// The work was cancelled by a client.
     #[error("{0}")]
     Cancelled(String),
-    /// A consistency check failed (e.g. a download does not match its `checksum.sri`).
+    /// Two things disagree: a newer Write took over an upload, downloaded content does not
+    /// match its checksum.
     #[error("{0}")]
-    Aborted(String),
+    Conflict(String),
+    /// The work ran past its time limit.
     #[error("{0}")]
-    DeadlineExceeded(String),
+    TimedOut(String),
+    /// The service or feature is switched off in this server's configuration.
     #[error("{0}")]
-    Unimplemented(String),
+    Disabled(String),
+    /// Something that should not happen did: a task panicked, an encoder failed.
     #[error("{0}")]
-    Internal(String),
+    Bug(String),
 }
 
 fn missing_list(digests: &[Digest]) -> String {
@@ -59,36 +84,34 @@ fn missing_list(digests: &[Digest]) -> String {
 }
 
 impl Error {
-    /// Maps an I/O failure, naming what was being done. A full disk is the client's problem to
-    /// retry later (RESOURCE_EXHAUSTED); other disk faults are transient from its point of view.
+    /// Names an I/O failure of the server's own. A full disk is told apart because the
+    /// client can retry it once eviction has run; a missing file here is the server's
+    /// fault, never the client's NOT_FOUND: callers that expect absence check for it first.
     pub fn io(context: impl std::fmt::Display, err: io::Error) -> Self {
         let msg = format!("{context}: {err}");
         match err.kind() {
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                Error::ResourceExhausted(msg)
-            }
-            io::ErrorKind::NotFound => Error::NotFound(msg),
-            _ => Error::Unavailable(msg),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Error::DiskFull(msg),
+            _ => Error::Io(msg),
         }
     }
 
-    /// The gRPC code this error is reported with.
+    /// The gRPC code this error is reported with: the one place the crate picks wire codes.
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::OutOfRange(_) => Code::OutOfRange,
-            Error::FailedPrecondition(_) | Error::MissingBlobs(_) => Code::FailedPrecondition,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::BadInput(_) => Code::InvalidArgument,
+            Error::Absent(_) => Code::NotFound,
+            Error::BeyondEnd(_) => Code::OutOfRange,
+            Error::MissingBlobs(_) | Error::Unsatisfiable(_) => Code::FailedPrecondition,
+            Error::DiskFull(_) | Error::OverLimit(_) => Code::ResourceExhausted,
+            Error::ShuttingDown(_) | Error::Io(_) | Error::Upstream(_) => Code::Unavailable,
+            Error::NoCredentials(_) => Code::Unauthenticated,
+            Error::Denied(_) => Code::PermissionDenied,
             Error::Cancelled(_) => Code::Cancelled,
-            Error::Aborted(_) => Code::Aborted,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::Unimplemented(_) => Code::Unimplemented,
-            Error::Internal(_) => Code::Internal,
+            Error::Conflict(_) => Code::Aborted,
+            Error::TimedOut(_) => Code::DeadlineExceeded,
+            Error::Disabled(_) => Code::Unimplemented,
+            Error::Bug(_) => Code::Internal,
         }
     }
 
@@ -121,7 +144,7 @@ impl Error {
                 }]
             }
             // Queue full, disk full: worth retrying after a pause, which RetryInfo says.
-            Error::ResourceExhausted(_) => {
+            Error::DiskFull(_) | Error::OverLimit(_) => {
                 let info = rpc::RetryInfo {
                     retry_delay: Some(prost_types::Duration {
                         seconds: 1,
@@ -176,6 +199,9 @@ mod tests {
         let err = Error::io("writing", io::Error::from_raw_os_error(28));
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         let err = Error::io("writing", io::Error::from_raw_os_error(5));
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        // A file of the server's own that went missing is not the client's NOT_FOUND.
+        let err = Error::io("reading", io::Error::from_raw_os_error(2));
         assert_eq!(err.code(), tonic::Code::Unavailable);
     }
 }

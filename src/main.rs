@@ -181,7 +181,7 @@ async fn run(config: Config) -> Result<(), rexd::Error> {
     let listen = config.listen;
     let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
         .await
-        .map_err(|e| rexd::Error::Internal(e.to_string()))??;
+        .map_err(|e| rexd::Error::Bug(e.to_string()))??;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| rexd::Error::io(format!("binding {listen}"), e))?;

@@ -12,5 +12,5 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+        .map_err(|e| Error::Bug(format!("blocking task failed: {e}")))?
 }

@@ -95,7 +95,7 @@ impl ResourceName {
 }
 
 fn bad(name: &str, why: &str) -> Error {
-    Error::InvalidArgument(format!("invalid resource name {name:?}: {why}"))
+    Error::BadInput(format!("invalid resource name {name:?}: {why}"))
 }
 
 fn instance_of(name: &str, segments: &[&str]) -> Result<String, Error> {

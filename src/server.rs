@@ -142,7 +142,7 @@ pub async fn run(
     }
 
     // grpcurl tries reflection v1, then v1alpha; serve both.
-    let reflection_error = |e| Error::Internal(format!("building the reflection service: {e}"));
+    let reflection_error = |e| Error::Bug(format!("building the reflection service: {e}"));
     let reflection_v1 = reflection_builder(&served)
         .build_v1()
         .map_err(reflection_error)?;
@@ -178,7 +178,7 @@ pub async fn run(
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(load_tls(tls)?)
-            .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?;
+            .map_err(|e| Error::BadInput(format!("TLS configuration: {e}")))?;
     }
     let limits = &config.limits;
     tracing::info!(
@@ -258,7 +258,7 @@ pub async fn run(
     };
     tokio::select! {
         served = serve => {
-            served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))?;
+            served.map_err(|e| Error::Io(format!("gRPC server failed: {e}")))?;
         }
         () = overdue => {
             tracing::warn!(
@@ -346,9 +346,8 @@ pub fn decode_request_metadata(
 /// Reads the PEM files of the TLS configuration.
 fn load_tls(tls: &crate::config::TlsConfig) -> Result<ServerTlsConfig, Error> {
     let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path).map_err(|e| {
-            Error::InvalidArgument(format!("cannot read TLS {what} {}: {e}", path.display()))
-        })
+        std::fs::read(path)
+            .map_err(|e| Error::BadInput(format!("cannot read TLS {what} {}: {e}", path.display())))
     };
     let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
         read(&tls.cert, "certificate")?,

@@ -34,7 +34,7 @@ impl Context {
                 .iter()
                 .map(|i| format!("{:?}", i.name))
                 .collect();
-            Error::InvalidArgument(format!(
+            Error::BadInput(format!(
                 "unknown instance name {name:?}; this server serves: {}",
                 served.join(", ")
             ))
@@ -57,7 +57,7 @@ impl Context {
     pub fn check_blob_size(&self, digest: &crate::digest::Digest) -> Result<(), Error> {
         let max = self.config.limits.max_blob_size.as_u64();
         if max > 0 && digest.size() > max {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "blob {digest} is larger than this server's max_blob_size of {max} bytes"
             )));
         }

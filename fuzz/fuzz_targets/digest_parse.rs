@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(digest) => digest,
             Err(err) => {
                 assert!(!well_formed, "{function:?} rejected {hash:?}/{size}: {err}");
-                assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+                assert!(matches!(err, Error::BadInput(_)), "{err:?}");
                 let _ = err.to_string();
                 continue;
             }

@@ -120,7 +120,7 @@ fn check_directory(dir: &Directory) {
         Ok(()) => assert!(expected, "accepted {dir:?}"),
         Err(err) => {
             assert!(!expected, "rejected {dir:?}: {err}");
-            assert!(matches!(err, rexd::Error::InvalidArgument(_)), "{err:?}");
+            assert!(matches!(err, rexd::Error::BadInput(_)), "{err:?}");
         }
     }
 }

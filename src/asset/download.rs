@@ -77,7 +77,7 @@ impl Downloader {
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(30)))
                 .build()
-                .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))?;
+                .map_err(|e| Error::Bug(format!("building the HTTP client: {e}")))?;
             Some(client)
         } else {
             None
@@ -165,7 +165,7 @@ impl Downloader {
         });
         async move {
             task.await
-                .unwrap_or_else(|e| Err(Arc::new(Error::Internal(format!("download task: {e}")))))
+                .unwrap_or_else(|e| Err(Arc::new(Error::Bug(format!("download task: {e}")))))
         }
         .boxed()
         .shared()
@@ -230,7 +230,7 @@ impl Inner {
         drop(tx);
         let sunk = sink
             .await
-            .map_err(|e| Error::Internal(format!("download writer: {e}")))?;
+            .map_err(|e| Error::Bug(format!("download writer: {e}")))?;
         pumped?;
         let (writer, actual) = sunk?;
         if let (Some(sri), Some(actual)) = (&sri, actual) {
@@ -259,7 +259,7 @@ impl Inner {
 
     fn check_size(&self, uri: &str, size: u64) -> Result<(), Error> {
         if size > self.max_size {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::OverLimit(format!(
                 "{uri} is larger than asset.max_download_size ({} bytes)",
                 self.max_size
             )));
@@ -274,7 +274,7 @@ fn check_url(allowed_hosts: &[String], url: &Url) -> Result<(), Error> {
     if allowed_hosts.is_empty() || allowed_hosts.contains(&host) {
         return Ok(());
     }
-    Err(Error::PermissionDenied(format!(
+    Err(Error::Denied(format!(
         "downloads from host {host:?} are not allowed (asset.allowed_hosts: {})",
         allowed_hosts.join(", ")
     )))
@@ -283,10 +283,10 @@ fn check_url(allowed_hosts: &[String], url: &Url) -> Result<(), Error> {
 fn status_error(uri: &str, status: StatusCode) -> Error {
     let msg = format!("downloading {uri}: the server answered HTTP {status}");
     match status {
-        StatusCode::NOT_FOUND | StatusCode::GONE => Error::NotFound(msg),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::PermissionDenied(msg),
-        StatusCode::TOO_MANY_REQUESTS => Error::ResourceExhausted(msg),
-        _ => Error::Unavailable(msg),
+        StatusCode::NOT_FOUND | StatusCode::GONE => Error::Absent(msg),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Denied(msg),
+        StatusCode::TOO_MANY_REQUESTS => Error::OverLimit(msg),
+        _ => Error::Upstream(msg),
     }
 }
 
@@ -299,11 +299,11 @@ fn http_error(uri: &str, err: reqwest::Error) -> Error {
         source = e.source();
     }
     if err.is_timeout() {
-        Error::DeadlineExceeded(msg)
+        Error::TimedOut(msg)
     } else if err.is_redirect() && msg.contains("not allowed") {
-        Error::PermissionDenied(msg)
+        Error::Denied(msg)
     } else {
-        Error::Unavailable(msg)
+        Error::Upstream(msg)
     }
 }
 
@@ -319,7 +319,7 @@ mod tests {
         check_url(&hosts, &url("https://GitHub.com/x")).unwrap();
         check_url(&hosts, &url("http://127.0.0.1:8080/x")).unwrap();
         let err = check_url(&hosts, &url("https://evil.example/x")).unwrap_err();
-        assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+        assert!(matches!(err, Error::Denied(_)), "{err}");
         assert!(err.to_string().contains("evil.example"), "{err}");
     }
 }

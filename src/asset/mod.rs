@@ -67,12 +67,10 @@ pub fn qualifiers(
     let mut out: Vec<(String, String)> = raw.into_iter().collect();
     out.sort();
     if out.iter().any(|(n, _)| n.is_empty()) {
-        return Err(Error::InvalidArgument(
-            "a qualifier has an empty name".into(),
-        ));
+        return Err(Error::BadInput("a qualifier has an empty name".into()));
     }
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "qualifier {:?} is given more than once",
             w[0].0
         )));
@@ -179,7 +177,7 @@ impl Assets {
             AssetKind::Directory => "directory",
         };
         let miss = || {
-            Error::NotFound(format!(
+            Error::Absent(format!(
                 "no {what} reference for {} with these qualifiers",
                 query.uris.join(", ")
             ))
@@ -206,7 +204,7 @@ impl Assets {
                 .fetch(query.key(uri), url, sri.clone(), started);
             let result = match timeout {
                 Some(t) => tokio::time::timeout(t, download).await.unwrap_or_else(|_| {
-                    Err(std::sync::Arc::new(Error::DeadlineExceeded(format!(
+                    Err(std::sync::Arc::new(Error::TimedOut(format!(
                         "downloading {uri} took longer than the request's timeout of {t:?}"
                     ))))
                 }),
@@ -224,7 +222,7 @@ impl Assets {
         }
         match last_failure {
             Some((uri, error)) => Ok(Fetched::Failed { uri, error }),
-            None => Err(Error::NotFound(format!(
+            None => Err(Error::Absent(format!(
                 "{}; rexd downloads only http and https URIs",
                 miss()
             ))),

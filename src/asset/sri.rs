@@ -67,8 +67,7 @@ impl Sri {
     /// Parses whitespace-separated `alg-base64[?options]` entries. Unknown algorithms are
     /// skipped, as SRI says; a value naming no supported one is INVALID_ARGUMENT.
     pub fn parse(value: &str) -> Result<Sri, Error> {
-        let invalid =
-            |why: String| Error::InvalidArgument(format!("checksum.sri {value:?}: {why}"));
+        let invalid = |why: String| Error::BadInput(format!("checksum.sri {value:?}: {why}"));
         let mut entries = Vec::new();
         for entry in value.split_whitespace() {
             let entry = entry.split_once('?').map_or(entry, |(e, _)| e);
@@ -113,7 +112,7 @@ impl Sri {
         }
         let show = |h: &[u8]| format!("{}-{}", self.algorithm.name(), BASE64.encode(h));
         let wanted: Vec<String> = self.expected.iter().map(|h| show(h)).collect();
-        Err(Error::Aborted(format!(
+        Err(Error::Conflict(format!(
             "checksum mismatch for {what}: checksum.sri expects {}, the content has {}",
             wanted.join(" or "),
             show(actual)
@@ -169,7 +168,7 @@ mod tests {
             assert_eq!(sri.algorithm, alg);
             sri.check("x", &hash(alg, b"hello")).unwrap();
             let err = sri.check("x", &hash(alg, b"hellO")).unwrap_err();
-            assert!(matches!(err, Error::Aborted(_)), "{err}");
+            assert!(matches!(err, Error::Conflict(_)), "{err}");
             assert!(err.to_string().contains(&sri_of(alg, b"hello")), "{err}");
         }
     }
@@ -197,7 +196,7 @@ mod tests {
     fn bad_values_are_invalid_arguments() {
         for bad in ["", "md5-AAAA", "sha256-!!!", "sha256-AAAA", "nodash"] {
             let err = Sri::parse(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
+            assert!(matches!(err, Error::BadInput(_)), "{bad}: {err}");
         }
     }
 }

@@ -67,7 +67,7 @@ pub async fn finish(
     let label = match &outcome.error {
         None if outcome.result.exit_code == 0 => "success",
         None => "nonzero_exit",
-        Some(Error::DeadlineExceeded(_)) => "timeout",
+        Some(Error::TimedOut(_)) => "timeout",
         Some(Error::Cancelled(_)) => "cancelled",
         Some(_) => "error",
     };

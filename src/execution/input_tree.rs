@@ -191,12 +191,12 @@ impl InputTree {
 /// A symlink at `depth` directories below the root must stay inside the root.
 pub fn check_symlink_target(name: &str, target: &str, depth: usize) -> Result<(), Error> {
     if target.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "symlink {name:?} has an empty target"
         )));
     }
     if target.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "symlink {name:?} has an absolute target {target:?}; this server disallows them"
         )));
     }
@@ -209,7 +209,7 @@ pub fn check_symlink_target(name: &str, target: &str, depth: usize) -> Result<()
             _ => level = level.saturating_add(1),
         }
         if level < 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "symlink {name:?} -> {target:?} points outside the input root"
             )));
         }
@@ -234,7 +234,7 @@ fn validate_directory(dir: &Directory, digest: &Digest) -> Result<(), Error> {
     for names in &lists {
         for pair in names.windows(2) {
             if pair[0] >= pair[1] {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadInput(format!(
                     "directory {digest} is not canonical: {:?} and {:?} are duplicated or out of order",
                     pair[0], pair[1]
                 )));
@@ -247,7 +247,7 @@ fn validate_directory(dir: &Directory, digest: &Digest) -> Result<(), Error> {
     }
     all.sort_unstable();
     if let Some(pair) = all.windows(2).find(|p| p[0] == p[1]) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "directory {digest} names {:?} twice",
             pair[0]
         )));
@@ -257,7 +257,7 @@ fn validate_directory(dir: &Directory, digest: &Digest) -> Result<(), Error> {
 
 fn validate_name(name: &str, digest: &Digest) -> Result<(), Error> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "directory {digest} has an invalid entry name {name:?}"
         )));
     }

@@ -152,7 +152,7 @@ impl Engine {
     pub fn wait(&self, name: &str) -> Result<Arc<OperationState>, Error> {
         self.operations()
             .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no operation named {name:?}")))
+            .ok_or_else(|| Error::Absent(format!("no operation named {name:?}")))
     }
 
     /// Cancels `op`: a queued action is dropped from the queue, a running one is killed by
@@ -210,7 +210,7 @@ impl Engine {
             operations::execute_response(
                 None,
                 false,
-                Some(Error::Unavailable(format!(
+                Some(Error::ShuttingDown(format!(
                     "the server shut down {what}; retry the action"
                 ))),
             )

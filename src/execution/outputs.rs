@@ -60,7 +60,7 @@ pub fn collect(
     };
     for (path, declared) in declared {
         let rel = resolve_relative(&command.working_directory, path).ok_or_else(|| {
-            Error::InvalidArgument(format!("output path {path:?} leaves the input root"))
+            Error::BadInput(format!("output path {path:?} leaves the input root"))
         })?;
         let full = exec_root.join(&rel);
         let meta = match fs::symlink_metadata(&full) {
@@ -86,7 +86,7 @@ pub fn collect(
             result.output_symlinks.push(symlink);
         } else if kind.is_file() {
             if declared == Declared::Directory {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::Unsatisfiable(format!(
                     "output directory {path:?} is a regular file"
                 )));
             }
@@ -102,7 +102,7 @@ pub fn collect(
             });
         } else if kind.is_dir() {
             if declared == Declared::File {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::Unsatisfiable(format!(
                     "output file {path:?} is a directory"
                 )));
             }
@@ -147,9 +147,10 @@ fn directory_of(
         fs::read_dir(path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
     for entry in listing {
         let entry = entry.map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-        let name = entry.file_name().into_string().map_err(|n| {
-            Error::FailedPrecondition(format!("output name {n:?} is not valid UTF-8"))
-        })?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| Error::Unsatisfiable(format!("output name {n:?} is not valid UTF-8")))?;
         let meta = entry
             .metadata()
             .map_err(|e| Error::io(format!("inspecting {}", entry.path().display()), e))?;

@@ -31,11 +31,11 @@ pub async fn run(
 ) -> Result<RunEnd, Error> {
     let mut child = spawn::spawn(process)
         .await
-        .map_err(|e| Error::InvalidArgument(format!("cannot start command {program:?}: {e}")))?;
+        .map_err(|e| Error::BadInput(format!("cannot start command {program:?}: {e}")))?;
     let pgid = Some(Pid::from_raw(child.id() as i32));
     let end = tokio::select! {
         status = child.wait() => {
-            let status = status.map_err(|e| Error::Internal(format!("waiting for the action: {e}")))?;
+            let status = status.map_err(|e| Error::Bug(format!("waiting for the action: {e}")))?;
             use std::os::unix::process::ExitStatusExt;
             RunEnd::Exited(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
         }

@@ -82,7 +82,7 @@ impl Sandbox {
         match sandbox.probe_bwrap() {
             Ok(()) => sandbox.backend = Backend::Bwrap(config.bwrap_path.clone()),
             Err(why) if config.backend == SandboxBackend::Bwrap => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::Unsatisfiable(format!(
                     "sandbox.backend is \"bwrap\" but bubblewrap does not work here: {why}"
                 )));
             }
@@ -144,7 +144,7 @@ impl Sandbox {
                 .find(|m| m.name() == mode)
                 .filter(|m| *m == instance.sandbox || instance.selectable_sandboxes.contains(m));
             options.mode = selected.ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+                Error::Unsatisfiable(format!(
                     "platform property sandbox={mode:?} is not available on instance {:?}; it runs {:?}{}",
                     instance.name,
                     instance.sandbox.name(),
@@ -163,14 +163,14 @@ impl Sandbox {
             None | Some("off") => {}
             Some("on") if self.config.allow_network => options.network = true,
             Some("on") => {
-                return Err(Error::FailedPrecondition(
+                return Err(Error::Unsatisfiable(
                     "platform property network=on is not allowed by this server's \
                      configuration (sandbox.allow_network = false)"
                         .into(),
                 ));
             }
             Some(other) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadInput(format!(
                     "platform property network={other:?}: expected \"on\" or \"off\""
                 )));
             }
@@ -180,7 +180,7 @@ impl Sandbox {
                 .get(key)
                 .map(|v| {
                     v.parse().map_err(|_| {
-                        Error::InvalidArgument(format!(
+                        Error::BadInput(format!(
                             "platform property {key}={v:?} is not a uid/gid number"
                         ))
                     })
@@ -194,7 +194,7 @@ impl Sandbox {
                 || options.uid.is_some()
                 || options.gid.is_some())
         {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Unsatisfiable(format!(
                 "this server runs actions without namespaces (sandbox backend \"plain\"), so it \
                  cannot honour {}",
                 if options.mode == SandboxMode::Chroot {
@@ -271,7 +271,7 @@ impl Sandbox {
             max_file_size: self.config.max_output_size.as_u64(),
         };
         spec.prepare().map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::BadInput(format!(
                 "cannot start command {:?}: {e}",
                 command.arguments[0]
             ))
@@ -356,7 +356,7 @@ pub const HOST_EXEC_ROOT: &str = "/tmp/rexd/root";
 fn c_path(path: &Path) -> Result<std::ffi::CString, Error> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Internal(format!("path {} contains NUL", path.display())))
+        .map_err(|_| Error::Bug(format!("path {} contains NUL", path.display())))
 }
 
 /// Kills every process left running under `uid` (a plain-mode action's daemons that left its

@@ -85,7 +85,7 @@ impl Scheduler {
         let key = (spec.instance.clone(), spec.action_digest);
         let mut state = self.state.lock().unwrap();
         if state.closed {
-            return Err(Error::Unavailable(
+            return Err(Error::ShuttingDown(
                 "the server is shutting down and accepts no new actions; retry on another \
                  server or after the restart"
                     .into(),
@@ -102,7 +102,7 @@ impl Scheduler {
             return Ok(op.clone());
         }
         if state.queue.len() >= self.max_queued {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::OverLimit(format!(
                 "the execution queue is full ({} actions waiting); retry later",
                 state.queue.len()
             )));
@@ -138,12 +138,12 @@ impl Scheduler {
             match self.platform.get(name) {
                 Some(offered) if offered == value => {}
                 Some(offered) => {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::Unsatisfiable(format!(
                         "no worker offers platform property {name}={value:?} (workers offer {name}={offered:?})"
                     )));
                 }
                 None => {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::Unsatisfiable(format!(
                         "no worker offers platform property {name:?}; offered: {}",
                         self.platform.keys().cloned().collect::<Vec<_>>().join(", ")
                     )));

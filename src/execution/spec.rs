@@ -79,7 +79,7 @@ pub fn load(
     let timeout = match &action.timeout {
         None => limits.default_timeout,
         Some(t) if t.seconds < 0 || t.nanos < 0 => {
-            return Err(Error::InvalidArgument(
+            return Err(Error::BadInput(
                 "action timeout must not be negative".into(),
             ));
         }
@@ -87,7 +87,7 @@ pub fn load(
         Some(t) => Duration::new(t.seconds as u64, t.nanos as u32),
     };
     if timeout > limits.max_timeout {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "action timeout of {}s is over this server's maximum of {}s",
             timeout.as_secs_f64(),
             limits.max_timeout.as_secs()
@@ -119,23 +119,23 @@ pub fn load(
 /// allowed only where the spec allows it (output_paths), and checked by the caller.
 fn validate_command(command: &Command) -> Result<(), Error> {
     if command.arguments.is_empty() {
-        return Err(Error::InvalidArgument("command has no arguments".into()));
+        return Err(Error::BadInput("command has no arguments".into()));
     }
     if command.working_directory.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "working_directory {:?} must be relative to the input root",
             command.working_directory
         )));
     }
     if resolve_relative("", &command.working_directory).is_none() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "working_directory {:?} leaves the input root",
             command.working_directory
         )));
     }
     for path in declared_outputs(command) {
         if path.starts_with('/') || resolve_relative(&command.working_directory, path).is_none() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "output path {path:?} must be relative and stay inside the input root"
             )));
         }
@@ -146,7 +146,7 @@ fn validate_command(command: &Command) -> Result<(), Error> {
             || var.name.contains('\0')
             || var.value.contains('\0')
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "invalid environment variable name {:?}",
                 var.name
             )));

@@ -36,7 +36,7 @@ pub fn stage_tree(
         let dir = inputs
             .directories
             .get(&digest)
-            .ok_or_else(|| Error::Internal(format!("directory {digest} was not loaded")))?;
+            .ok_or_else(|| Error::Bug(format!("directory {digest} was not loaded")))?;
         stats.directories += 1;
         for file in &dir.files {
             if !cas.ensure_verified(&file.digest)? {

@@ -115,7 +115,7 @@ async fn execute(
                 .next()
                 .is_some();
             if leftovers {
-                return Err(Error::Internal(format!(
+                return Err(Error::Bug(format!(
                     "{} still holds an earlier action's files",
                     exec_root.display()
                 )));
@@ -167,7 +167,7 @@ async fn execute(
         let damaged =
             blocking(move || Ok(stage::find_modified_inputs(&cas, &inputs.files, started))).await?;
         if !damaged.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Unsatisfiable(format!(
                 "the action wrote into {} of its read-only inputs (first: {}); they were removed \
                  from the CAS",
                 damaged.len(),
@@ -180,7 +180,7 @@ async fn execute(
         Ok(RunEnd::Exited(code)) => (code, None),
         Ok(RunEnd::TimedOut) => (
             -1,
-            Some(Error::DeadlineExceeded(format!(
+            Some(Error::TimedOut(format!(
                 "action timed out after {}s; its processes were killed",
                 spec.timeout.as_secs_f64()
             ))),
@@ -218,7 +218,7 @@ async fn execute(
     let (result, total) = result?;
     let max = ctx.sandbox.max_output_size();
     if status.is_none() && (total >= max || result.exit_code == runner::EXIT_FILE_TOO_LARGE) {
-        status = Some(Error::ResourceExhausted(format!(
+        status = Some(Error::OverLimit(format!(
             "the action's output ({total} bytes of stdout, stderr and output files, or a \
              single file cut off at the limit) reached the server's max_output_size of {max} bytes"
         )));

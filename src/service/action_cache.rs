@@ -52,7 +52,7 @@ impl ActionCache for ActionCacheService {
         .await?;
         match result {
             Some(result) => Ok(Response::new(result)),
-            None => Err(Error::NotFound(format!("no action result for {digest}")).into()),
+            None => Err(Error::Absent(format!("no action result for {digest}")).into()),
         }
     }
 
@@ -66,7 +66,7 @@ impl ActionCache for ActionCacheService {
             .ctx
             .authorize(&caller, &req.instance_name, Role::AcWrite)?;
         if !instance.allow_ac_updates {
-            return Err(Error::PermissionDenied(format!(
+            return Err(Error::Denied(format!(
                 "instance {:?} does not accept UpdateActionResult: only this server's own \
                  workers write its action cache",
                 req.instance_name
@@ -77,7 +77,7 @@ impl ActionCache for ActionCacheService {
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
         let result = req
             .action_result
-            .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))?;
+            .ok_or_else(|| Error::BadInput("action_result is missing".into()))?;
         // Malformed digests are the client's error; missing blobs (down to the files inside
         // output trees) would make the entry useless, so it is refused rather than stored.
         referenced_digests(function, &result)?;

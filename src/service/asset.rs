@@ -57,12 +57,10 @@ struct Common<'a> {
 impl Common<'_> {
     fn validate(self) -> Result<Query, Error> {
         if self.uris.is_empty() {
-            return Err(Error::InvalidArgument(
-                "at least one URI is required".into(),
-            ));
+            return Err(Error::BadInput("at least one URI is required".into()));
         }
         if self.uris.iter().any(String::is_empty) {
-            return Err(Error::InvalidArgument("a URI is empty".into()));
+            return Err(Error::BadInput("a URI is empty".into()));
         }
         Ok(Query {
             instance: self.instance_name,
@@ -106,7 +104,7 @@ fn reply(fetched: Fetched) -> Reply {
 fn time(ts: Option<prost_types::Timestamp>, what: &str) -> Result<Option<SystemTime>, Error> {
     ts.map(|ts| {
         SystemTime::try_from(ts)
-            .map_err(|e| Error::InvalidArgument(format!("{what} is not a valid timestamp: {e}")))
+            .map_err(|e| Error::BadInput(format!("{what} is not a valid timestamp: {e}")))
     })
     .transpose()
 }
@@ -115,7 +113,7 @@ fn time(ts: Option<prost_types::Timestamp>, what: &str) -> Result<Option<SystemT
 fn timeout(d: Option<prost_types::Duration>) -> Result<Option<Duration>, Error> {
     let Some(d) = d else { return Ok(None) };
     let d = Duration::try_from(d)
-        .map_err(|e| Error::InvalidArgument(format!("timeout is not a valid duration: {e}")))?;
+        .map_err(|e| Error::BadInput(format!("timeout is not a valid duration: {e}")))?;
     Ok(Some(d).filter(|d| !d.is_zero()))
 }
 

@@ -54,17 +54,17 @@ impl ByteStream for ByteStreamService {
         let digest = name.digest;
         let size = digest.size();
         if req.read_offset < 0 || req.read_offset as u64 > size {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::BeyondEnd(format!(
                 "read_offset {} is outside blob {digest} of {size} bytes",
                 req.read_offset
             ))
             .into());
         }
         if req.read_limit < 0 {
-            return Err(Error::InvalidArgument("read_limit must not be negative".into()).into());
+            return Err(Error::BadInput("read_limit must not be negative".into()).into());
         }
         if req.read_limit != 0 && name.compression != Compression::Identity {
-            return Err(Error::InvalidArgument(
+            return Err(Error::BadInput(
                 "read_limit must be 0 when reading compressed-blobs".into(),
             )
             .into());
@@ -99,7 +99,7 @@ impl ByteStream for ByteStreamService {
         let first = stream
             .message()
             .await?
-            .ok_or_else(|| Error::InvalidArgument("Write stream carried no request".into()))?;
+            .ok_or_else(|| Error::BadInput("Write stream carried no request".into()))?;
         let name = ResourceName::parse_write(&first.resource_name)?;
         self.ctx.authorize(&caller, &name.instance, Role::Write)?;
         let digest = name.digest;
@@ -121,7 +121,7 @@ impl ByteStream for ByteStreamService {
             (offset, other) => {
                 let committed = other.as_ref().map_or(0, BlobWriter::written);
                 self.uploads.end(&upload, other);
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadInput(format!(
                     "write_offset {offset} does not continue upload {:?}; committed_size is \
                      {committed}, ask QueryWriteStatus and resume from there",
                     first.resource_name
@@ -159,14 +159,14 @@ impl ByteStream for ByteStreamService {
         let mut input_error: Option<Error> = None;
         while let Some(msg) = next.take() {
             if msg.write_offset != offset {
-                input_error = Some(Error::InvalidArgument(format!(
+                input_error = Some(Error::BadInput(format!(
                     "write_offset {} does not follow the {offset} bytes sent so far",
                     msg.write_offset
                 )));
                 break;
             }
             if !msg.resource_name.is_empty() && msg.resource_name != resource_name {
-                input_error = Some(Error::InvalidArgument(format!(
+                input_error = Some(Error::BadInput(format!(
                     "resource_name changed within one Write stream, from {resource_name:?} to {:?}",
                     msg.resource_name
                 )));
@@ -187,7 +187,7 @@ impl ByteStream for ByteStreamService {
                     Err(status) => stream_error = Some(status),
                 },
                 _ = superseded.cancelled() => {
-                    stream_error = Some(Error::Aborted(format!(
+                    stream_error = Some(Error::Conflict(format!(
                         "a newer Write of {resource_name:?} took over this upload"
                     )).into());
                 }
@@ -199,7 +199,7 @@ impl ByteStream for ByteStreamService {
         drop(tx);
         let outcome = task
             .await
-            .map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
+            .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
         match outcome {
             WriteEnd::Committed => Ok(Response::new(WriteResponse {
                 committed_size: offset,
@@ -208,7 +208,7 @@ impl ByteStream for ByteStreamService {
                 .map(Status::from)
                 .or(stream_error)
                 .unwrap_or_else(|| {
-                    Error::InvalidArgument(format!(
+                    Error::BadInput(format!(
                         "Write stream for {resource_name:?} ended after {offset} bytes \
                          without finish_write"
                     ))
@@ -235,7 +235,7 @@ impl ByteStream for ByteStreamService {
                 committed_size: committed as i64,
                 complete: false,
             })),
-            None => Err(Error::NotFound(format!(
+            None => Err(Error::Absent(format!(
                 "no upload of {} is in progress or resumable",
                 request.get_ref().resource_name
             ))

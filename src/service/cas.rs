@@ -64,7 +64,7 @@ impl ContentAddressableStorage for CasService {
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         let max = self.ctx.max_batch_bytes();
         if total > max {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "BatchUpdateBlobs carries {total} bytes, over max_batch_total_size_bytes ({max}); \
                  upload large blobs with ByteStream Write"
             ))
@@ -137,7 +137,7 @@ impl ContentAddressableStorage for CasService {
         let total: u64 = digests.iter().map(Digest::size).sum();
         let max = self.ctx.max_batch_bytes();
         if total > max {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadInput(format!(
                 "BatchReadBlobs asks for {total} bytes, over max_batch_total_size_bytes ({max}); \
                  read large blobs with ByteStream Read"
             ))
@@ -152,7 +152,7 @@ impl ContentAddressableStorage for CasService {
                         Ok(Some(data)) => (data, ok_status()),
                         Ok(None) => (
                             Default::default(),
-                            Error::NotFound(format!("blob {digest} is not in the CAS"))
+                            Error::Absent(format!("blob {digest} is not in the CAS"))
                                 .to_rpc_status(),
                         ),
                         Err(e) => (Default::default(), e.to_rpc_status()),
@@ -181,7 +181,7 @@ impl ContentAddressableStorage for CasService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_required(function, req.root_digest.as_ref(), "root")?;
         if req.page_size < 0 {
-            return Err(Error::InvalidArgument("page_size must not be negative".into()).into());
+            return Err(Error::BadInput("page_size must not be negative".into()).into());
         }
         let page_size = match req.page_size as usize {
             0 => MAX_TREE_PAGE,
@@ -214,16 +214,14 @@ fn decompress(
 ) -> Result<bytes::Bytes, Error> {
     match compressor::Value::try_from(compressor) {
         Ok(compressor::Value::Identity) => Ok(data),
-        Ok(compressor::Value::Zstd) if digest.size() > max_size => {
-            Err(Error::InvalidArgument(format!(
-                "blob {digest}: its uncompressed size is over max_batch_total_size_bytes \
+        Ok(compressor::Value::Zstd) if digest.size() > max_size => Err(Error::BadInput(format!(
+            "blob {digest}: its uncompressed size is over max_batch_total_size_bytes \
                  ({max_size}); upload it with ByteStream Write"
-            )))
-        }
+        ))),
         Ok(compressor::Value::Zstd) => zstd::bulk::decompress(&data, digest.size() as usize)
             .map(bytes::Bytes::from)
-            .map_err(|e| Error::InvalidArgument(format!("blob {digest}: invalid zstd data: {e}"))),
-        _ => Err(Error::InvalidArgument(format!(
+            .map_err(|e| Error::BadInput(format!("blob {digest}: invalid zstd data: {e}"))),
+        _ => Err(Error::BadInput(format!(
             "blob {digest}: compressor {compressor} is not supported; use IDENTITY or ZSTD"
         ))),
     }

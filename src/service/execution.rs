@@ -30,9 +30,10 @@ impl ExecutionService {
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, Error> {
-        self.ctx.execution.as_ref().ok_or_else(|| {
-            Error::Unimplemented("remote execution is disabled on this server".into())
-        })
+        self.ctx
+            .execution
+            .as_ref()
+            .ok_or_else(|| Error::Disabled("remote execution is disabled on this server".into()))
     }
 }
 

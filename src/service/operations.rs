@@ -31,9 +31,10 @@ impl OperationsService {
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, Error> {
-        self.ctx.execution.as_ref().ok_or_else(|| {
-            Error::Unimplemented("remote execution is disabled on this server".into())
-        })
+        self.ctx
+            .execution
+            .as_ref()
+            .ok_or_else(|| Error::Disabled("remote execution is disabled on this server".into()))
     }
 
     /// The named operation, if `caller` holds `role` on its instance.
@@ -57,7 +58,7 @@ fn check_page_token(instance: &str, token: &str) -> Result<(), Error> {
     if issued {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
+        Err(Error::BadInput(format!(
             "page_token {token:?} was not issued by this server for instance {instance:?}; \
              start again with an empty page_token"
         )))
@@ -73,7 +74,7 @@ impl Operations for OperationsService {
         let caller = crate::auth::caller(&request);
         let req = request.into_inner();
         if !req.filter.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::BadInput(
                 "filter is not supported; select an instance with name = \"{instance}/operations\""
                     .into(),
             )
@@ -85,7 +86,7 @@ impl Operations for OperationsService {
         };
         self.ctx.authorize(&caller, instance, Role::Read)?;
         if req.page_size < 0 {
-            return Err(Error::InvalidArgument("page_size must not be negative".into()).into());
+            return Err(Error::BadInput("page_size must not be negative".into()).into());
         }
         let page_size = match req.page_size as usize {
             0 => DEFAULT_PAGE,

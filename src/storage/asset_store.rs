@@ -143,7 +143,7 @@ impl AssetStore {
             ensure_dir(parent)?;
         }
         let text = toml::to_string(&RecordFile::new(&key, &record))
-            .map_err(|e| Error::Internal(format!("encoding an asset reference: {e}")))?;
+            .map_err(|e| Error::Bug(format!("encoding an asset reference: {e}")))?;
         write_atomic(
             &self.inner.tmp_dir,
             &path,

@@ -64,7 +64,7 @@ impl Cas {
             if let Err(e) = sync_filesystem(staged[0].2.as_file()) {
                 let err = self.write_error("syncing uploaded blobs", e);
                 for (i, _, _) in &staged {
-                    results[*i] = Err(Error::Unavailable(err.to_string()));
+                    results[*i] = Err(err.clone());
                 }
                 return results;
             }
@@ -252,7 +252,7 @@ impl BlobWriter {
         let digest = match self.expected {
             Some(expected) => {
                 if self.written != expected.size() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::BadInput(format!(
                         "upload of {expected} ended after {} bytes, but the digest says {}",
                         self.written,
                         expected.size()
@@ -338,7 +338,7 @@ fn sync_filesystem(file: &File) -> io::Result<()> {
 }
 
 fn mismatch(expected: &Digest, actual: &Digest) -> Error {
-    Error::InvalidArgument(format!(
+    Error::BadInput(format!(
         "uploaded data does not match its digest: expected {expected}, got {actual}"
     ))
 }

@@ -84,7 +84,7 @@ impl Cas {
             &layout::use_order(&self.inner.data_dir),
             &order,
         ) {
-            Err(Error::ResourceExhausted(why)) => {
+            Err(Error::DiskFull(why)) => {
                 tracing::warn!(%why, "disk full: the CAS use order was not saved");
                 Ok(())
             }

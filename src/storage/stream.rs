@@ -38,7 +38,7 @@ pub async fn read(
         let file = match cas.open_blob(&digest) {
             Ok(Some(file)) => file,
             Ok(None) => {
-                let _ = opened_tx.send(Err(Error::NotFound(format!(
+                let _ = opened_tx.send(Err(Error::Absent(format!(
                     "blob {digest} is not in the CAS"
                 ))));
                 return;
@@ -57,7 +57,7 @@ pub async fn read(
     });
     opened_rx
         .await
-        .map_err(|_| Error::Internal("read task ended early".into()))??;
+        .map_err(|_| Error::Bug("read task ended early".into()))??;
     Ok(ReceiverStream::new(rx))
 }
 
@@ -106,7 +106,7 @@ pub fn write_chunks(
         }
         Compression::Zstd => {
             let mut decoder = zstd::stream::write::Decoder::new(writer)
-                .map_err(|e| Error::Internal(format!("starting a zstd decoder: {e}")))?;
+                .map_err(|e| Error::Bug(format!("starting a zstd decoder: {e}")))?;
             while let Some(chunk) = rx.blocking_recv() {
                 match chunk {
                     Chunk::Data(data) => {
@@ -134,7 +134,7 @@ fn write_error(digest: &Digest, err: io::Error) -> Error {
     // Errors without an OS code come from our own size check or from the zstd decoder:
     // both mean the client sent bad data.
     match err.raw_os_error() {
-        None => Error::InvalidArgument(format!("upload of {digest}: {err}")),
+        None => Error::BadInput(format!("upload of {digest}: {err}")),
         Some(_) => Error::io(format!("writing blob {digest}"), err),
     }
 }

@@ -21,7 +21,7 @@ pub fn read_message<M: Message + Default>(
     };
     M::decode(data)
         .map(Some)
-        .map_err(|e| Error::InvalidArgument(format!("{what} {digest} is not a valid proto: {e}")))
+        .map_err(|e| Error::BadInput(format!("{what} {digest} is not a valid proto: {e}")))
 }
 
 /// One page of a GetTree answer.
@@ -47,11 +47,11 @@ pub fn tree_pages(
     } else {
         token
             .parse()
-            .map_err(|_| Error::InvalidArgument(format!("invalid page_token {token:?}")))?
+            .map_err(|_| Error::BadInput(format!("invalid page_token {token:?}")))?
     };
     let all = walk_tree(cas, root)?;
     if skip > all.len() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::BadInput(format!(
             "page_token {token:?} is past the end of the tree"
         )));
     }
@@ -92,7 +92,7 @@ fn walk_tree(cas: &Cas, root: &Digest) -> Result<Vec<Directory>, Error> {
     while let Some(digest) = queue.pop_front() {
         let Some(dir) = read_message::<Directory>(cas, &digest, "directory")? else {
             if digest == *root {
-                return Err(Error::NotFound(format!(
+                return Err(Error::Absent(format!(
                     "root directory {digest} is not in the CAS"
                 )));
             }
@@ -162,7 +162,7 @@ pub fn missing_blobs_of_result(
 /// which the client repairs by running the action again), not the lookup an error.
 fn read_usable<M: Message + Default>(cas: &Cas, digest: &Digest) -> Result<Option<M>, Error> {
     match read_message::<M>(cas, digest, "output tree") {
-        Err(Error::InvalidArgument(why)) => {
+        Err(Error::BadInput(why)) => {
             tracing::debug!(%digest, %why, "action result names an undecodable tree");
             Ok(None)
         }
