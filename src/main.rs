@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rexd::Config;
+use rexd::config::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -56,16 +57,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => match Config::load(&path).and_then(|config| {
-            // Everything serve reads at start-up, token files and variables included.
-            rexd::auth::Authenticator::from_config(&config.auth.tokens)
-                .map_err(|e| rexd::config::ConfigError::Invalid(e.to_string()))?;
-            Ok(config)
-        }) {
-            Ok(config) => {
+        // Builds everything serve reads at start-up, token files and variables included.
+        Some(Command::CheckConfig { path }) => match Config::load(&path).and_then(Settings::new) {
+            Ok(settings) => {
                 println!("{}: OK", path.display());
-                println!("{config:#?}");
-                println!("data directory in force: {}", config.data_dir().display());
+                println!("{:#?}", settings.written);
+                println!("data directory in force: {}", settings.data_dir.display());
+                println!("{:#?}", settings.execution);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -80,8 +78,9 @@ fn main() -> ExitCode {
 }
 
 /// The configuration in force (the file, or the built-in defaults, with the CLI overrides),
-/// with logging set up from it; `None` after reporting an invalid configuration.
-fn load_config(args: ServeArgs) -> Option<Config> {
+/// checked and converted, with logging set up from it; `None` after reporting an invalid
+/// configuration.
+fn load_config(args: ServeArgs) -> Option<Settings> {
     let loaded = match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
@@ -99,16 +98,23 @@ fn load_config(args: ServeArgs) -> Option<Config> {
     if let Some(dir) = args.data_dir {
         config.data_dir = Some(dir);
     }
-    init_logging(&config);
-    Some(config)
+    let settings = match Settings::new(config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("rexd: {e}");
+            return None;
+        }
+    };
+    init_logging(&settings.written);
+    Some(settings)
 }
 
 fn verify(args: ServeArgs, dry_run: bool) -> ExitCode {
-    let Some(config) = load_config(args) else {
+    let Some(settings) = load_config(args) else {
         return ExitCode::FAILURE;
     };
-    let data_dir = config.data_dir();
-    let result = rexd::storage::Cas::open(&data_dir, config.storage.cas_options())
+    let data_dir = &settings.data_dir;
+    let result = rexd::storage::Cas::open(data_dir, settings.cas.clone())
         .and_then(|cas| rexd::storage::verify::verify_all(&cas, !dry_run));
     match result {
         Ok(report) => {
@@ -154,7 +160,7 @@ fn limit_malloc_arenas() {
 
 fn serve(args: ServeArgs) -> ExitCode {
     limit_malloc_arenas();
-    let Some(config) = load_config(args) else {
+    let Some(settings) = load_config(args) else {
         return ExitCode::FAILURE;
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +173,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -177,9 +183,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), rexd::Error> {
-    let listen = config.listen;
-    let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
+async fn run(settings: Settings) -> Result<(), rexd::Error> {
+    let listen = settings.written.listen;
+    let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(settings))
         .await
         .map_err(|e| rexd::Error::Bug(e.to_string()))??;
     let listener = tokio::net::TcpListener::bind(listen)

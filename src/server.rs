@@ -13,8 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::error::Error;
 use crate::execution::Engine;
 use crate::proto::asset::{fetch_server::FetchServer, push_server::PushServer};
@@ -61,12 +60,18 @@ const SERVED_WITH_EXECUTION: &[&str] = &[
 ];
 
 /// Opens the stores under the configured data directory. Blocking; call before serving.
-pub fn open_context(config: Config) -> Result<Context, Error> {
-    let data_dir = config.data_dir();
+pub fn open_context(settings: Settings) -> Result<Context, Error> {
+    let config = &settings.written;
+    let data_dir = &settings.data_dir;
     let started = std::time::Instant::now();
-    let cas = Cas::open(&data_dir, config.storage.cas_options())?;
-    let ac = ActionCache::open(&data_dir, config.storage.fsync)?;
-    let asset = crate::asset::Assets::open(&config.asset, cas.clone(), config.storage.fsync)?;
+    let cas = Cas::open(data_dir, settings.cas.clone())?;
+    let ac = ActionCache::open(data_dir, config.storage.fsync)?;
+    let asset = crate::asset::Assets::open(
+        &config.asset,
+        settings.download_timeout,
+        cas.clone(),
+        config.storage.fsync,
+    )?;
     tracing::info!(
         data_dir = %data_dir.display(),
         blobs = cas.index().len(),
@@ -76,20 +81,18 @@ pub fn open_context(config: Config) -> Result<Context, Error> {
     );
     let execution = if config.execution.enabled {
         Some(Arc::new(Engine::new(
-            &config.execution,
+            &settings.execution,
             &config.sandbox,
-            &data_dir,
+            data_dir,
             cas.clone(),
             ac.clone(),
         )?))
     } else {
         None
     };
-    let uploads = Arc::new(crate::storage::uploads::Uploads::new(
-        config.limits.upload_limits(),
-    ));
+    let uploads = Arc::new(crate::storage::uploads::Uploads::new(settings.uploads));
     Ok(Context {
-        config: Arc::new(config),
+        settings: Arc::new(settings),
         cas,
         ac,
         asset,
@@ -105,9 +108,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let config = ctx.config.clone();
+    let settings = ctx.settings.clone();
+    let config = &settings.written;
     let max_batch_message = ctx.max_batch_bytes() as usize + 1024 * 1024;
-    let auth = Authenticator::from_config(&config.auth.tokens)?;
+    let auth = settings.authenticator.clone();
     let authn = auth.interceptor();
     let shutting_down = Arc::new(AtomicBool::new(false));
 
@@ -187,7 +191,7 @@ pub async fn run(
         auth = auth.enabled(),
         "rexd serving"
     );
-    let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    let grace = settings.shutdown_grace;
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = graceful_stop(
         shutdown,

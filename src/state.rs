@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::auth::{Caller, Role};
-use crate::config::{Config, InstanceConfig};
+use crate::config::{InstanceConfig, Settings};
 use crate::error::Error;
 use crate::execution::Engine;
 use crate::storage::{ActionCache, Cas};
@@ -13,7 +13,8 @@ use crate::storage::{ActionCache, Cas};
 /// What every service needs; cheap to clone.
 #[derive(Clone)]
 pub struct Context {
-    pub config: Arc<Config>,
+    /// The configuration in force: as written, and in working form.
+    pub settings: Arc<Settings>,
     pub cas: Cas,
     pub ac: ActionCache,
     /// Remote Asset references and downloads.
@@ -27,9 +28,10 @@ pub struct Context {
 impl Context {
     /// The configuration of a served instance, or INVALID_ARGUMENT naming the ones served.
     pub fn instance(&self, name: &str) -> Result<&InstanceConfig, Error> {
-        self.config.instance(name).ok_or_else(|| {
+        self.settings.written.instance(name).ok_or_else(|| {
             let served: Vec<String> = self
-                .config
+                .settings
+                .written
                 .instances
                 .iter()
                 .map(|i| format!("{:?}", i.name))
@@ -55,7 +57,7 @@ impl Context {
 
     /// Rejects blobs over the configured `limits.max_blob_size`.
     pub fn check_blob_size(&self, digest: &crate::digest::Digest) -> Result<(), Error> {
-        let max = self.config.limits.max_blob_size.as_u64();
+        let max = self.settings.written.limits.max_blob_size.as_u64();
         if max > 0 && digest.size() > max {
             return Err(Error::BadInput(format!(
                 "blob {digest} is larger than this server's max_blob_size of {max} bytes"
@@ -71,6 +73,6 @@ impl Context {
 
     /// Largest total of blob bytes in one batch call.
     pub fn max_batch_bytes(&self) -> u64 {
-        self.config.storage.max_batch_total_size.as_u64()
+        self.settings.written.storage.max_batch_total_size.as_u64()
     }
 }

@@ -65,7 +65,10 @@ async fn capabilities_describe_the_cache() {
 
     let exec = caps.execution_capabilities.expect("execution capabilities");
     assert_eq!(exec.digest_function, sha256);
-    assert_eq!(exec.exec_enabled, server.ctx.config.execution.enabled);
+    assert_eq!(
+        exec.exec_enabled,
+        server.ctx.settings.written.execution.enabled
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

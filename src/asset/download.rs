@@ -51,7 +51,12 @@ struct Inner {
 }
 
 impl Downloader {
-    pub fn new(config: &AssetConfig, cas: Cas, store: AssetStore) -> Result<Self, Error> {
+    pub fn new(
+        config: &AssetConfig,
+        timeout: Duration,
+        cas: Cas,
+        store: AssetStore,
+    ) -> Result<Self, Error> {
         let allowed_hosts: Arc<Vec<String>> = Arc::new(
             config
                 .allowed_hosts
@@ -70,7 +75,6 @@ impl Downloader {
                     attempt.follow()
                 }
             });
-            let timeout = Duration::from_secs(config.download_timeout_secs);
             let client = reqwest::Client::builder()
                 .user_agent(USER_AGENT)
                 .redirect(redirects)

@@ -99,9 +99,14 @@ pub enum Fetched {
 
 impl Assets {
     /// Opens the reference store under `data_dir`. Blocking.
-    pub fn open(config: &AssetConfig, cas: Cas, fsync: bool) -> Result<Self, Error> {
+    pub fn open(
+        config: &AssetConfig,
+        download_timeout: Duration,
+        cas: Cas,
+        fsync: bool,
+    ) -> Result<Self, Error> {
         let store = AssetStore::open(cas.data_dir(), fsync)?;
-        let downloader = Downloader::new(config, cas.clone(), store.clone())?;
+        let downloader = Downloader::new(config, download_timeout, cas.clone(), store.clone())?;
         Ok(Assets {
             store,
             cas,

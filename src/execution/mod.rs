@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ExecutionConfig, InstanceConfig, SandboxConfig};
+use crate::config::{ExecutionSettings, InstanceConfig, SandboxConfig};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::offload::blocking;
@@ -58,16 +58,16 @@ pub struct Submission {
 impl Engine {
     /// Prepares the engine (blocking: creates directories). Workers start with [`Engine::start`].
     pub fn new(
-        config: &ExecutionConfig,
+        config: &ExecutionSettings,
         sandbox_config: &SandboxConfig,
         data_dir: &Path,
         cas: Cas,
         ac: ActionCache,
     ) -> Result<Self, Error> {
-        let operations = Operations::new(config.retention());
+        let operations = Operations::new(config.retention);
         let scheduler = Arc::new(Scheduler::new(
             operations,
-            config.platform_properties(),
+            config.platform.clone(),
             config.max_queued,
         ));
         let work_dir = crate::storage::layout::work(data_dir);
@@ -80,10 +80,7 @@ impl Engine {
         let exec_cache = Arc::new(crate::storage::ExecutableCache::open(data_dir)?);
         let sandbox = Arc::new(sandbox::Sandbox::detect(sandbox_config)?);
         Ok(Engine {
-            limits: SpecLimits {
-                default_timeout: Duration::from_secs(config.default_timeout_secs),
-                max_timeout: Duration::from_secs(config.max_timeout_secs),
-            },
+            limits: config.limits,
             workers: worker::WorkerContext {
                 cas,
                 ac,
@@ -94,8 +91,8 @@ impl Engine {
                 sandbox: sandbox.clone(),
             },
             sandbox,
-            directories: input_tree::DirectoryCache::new(config.directory_cache_size.as_u64()),
-            worker_count: config.worker_count(),
+            directories: input_tree::DirectoryCache::new(config.directory_cache_bytes),
+            worker_count: config.workers,
             scheduler,
         })
     }

@@ -39,6 +39,7 @@ impl ActionSpec {
 }
 
 /// Limits that come from the server's configuration.
+#[derive(Clone, Copy, Debug)]
 pub struct SpecLimits {
     pub default_timeout: Duration,
     pub max_timeout: Duration,

@@ -61,7 +61,7 @@ impl Capabilities for CapabilitiesService {
                 as i32,
             supported_compressors: vec![re::compressor::Value::Zstd as i32],
             supported_batch_update_compressors: vec![re::compressor::Value::Zstd as i32],
-            max_cas_blob_size_bytes: self.ctx.config.limits.max_blob_size.as_u64() as i64,
+            max_cas_blob_size_bytes: self.ctx.settings.written.limits.max_blob_size.as_u64() as i64,
             ..Default::default()
         };
         let execution = ExecutionCapabilities {

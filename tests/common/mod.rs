@@ -55,10 +55,12 @@ impl TestServer {
         config.sandbox.run_as_uid_base =
             62_000 + 16 * NEXT_UID_BASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         edit(&mut config);
-        let ctx = tokio::task::spawn_blocking(move || rexd::server::open_context(config))
-            .await
-            .unwrap()
-            .expect("opening the stores");
+        let ctx = tokio::task::spawn_blocking(move || {
+            rexd::server::open_context(rexd::config::Settings::new(config).expect("valid settings"))
+        })
+        .await
+        .unwrap()
+        .expect("opening the stores");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -300,7 +302,11 @@ pub async fn start_plain_isolated(edit: impl FnOnce(&mut Config)) -> TestServer 
     exec::start_plain(|c| {
         c.sandbox.run_as_uid_base = private_uid_base();
         edit(c);
-        assert!(c.execution.worker_count() <= 16, "at most 16 workers");
+        let workers = rexd::config::Settings::new(c.clone())
+            .unwrap()
+            .execution
+            .workers;
+        assert!(workers <= 16, "at most 16 workers");
     })
     .await
 }

@@ -1,4 +1,5 @@
-//! The TOML configuration: what the operator wrote, checked once at start-up.
+//! The TOML configuration as the operator wrote it, parsed and checked once at start-up;
+//! [`Settings`] (in `checked`) derives the working values from it.
 //!
 //! `config/rexd.toml` documents every key and is embedded in the binary; with no `--config`,
 //! rexd runs on exactly that file, so the documented defaults and the real ones cannot drift.
@@ -9,8 +10,11 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+mod checked;
+pub use checked::{ExecutionSettings, Settings};
+
 /// The documented default configuration, shipped inside the binary.
-pub const DEFAULT_TOML: &str = include_str!("../config/rexd.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/rexd.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -92,19 +96,6 @@ impl Default for StorageConfig {
     }
 }
 
-impl StorageConfig {
-    /// The store policy in force.
-    pub fn cas_options(&self) -> crate::storage::CasOptions {
-        let max_size = self.max_size.as_u64();
-        crate::storage::CasOptions {
-            fsync: self.fsync,
-            max_size,
-            low_water: max_size / 100 * self.low_water_percent as u64,
-            min_retention: std::time::Duration::from_secs(self.min_retention_secs),
-        }
-    }
-}
-
 /// The in-process scheduler and its local workers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,39 +140,6 @@ impl Default for ExecutionConfig {
             keep_failed_action_dirs: false,
             platform: None,
         }
-    }
-}
-
-impl ExecutionConfig {
-    /// What finished operations may retain.
-    pub fn retention(&self) -> crate::execution::registry::RetentionLimits {
-        crate::execution::registry::RetentionLimits {
-            ttl: std::time::Duration::from_secs(self.operation_ttl_secs),
-            max_count: self.max_finished_operations,
-            max_bytes: self.max_finished_operations_size.as_u64(),
-        }
-    }
-
-    /// Workers in force.
-    pub fn worker_count(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
-
-    /// The platform properties in force.
-    pub fn platform_properties(&self) -> std::collections::BTreeMap<String, String> {
-        self.platform.clone().unwrap_or_else(|| {
-            let isa = match std::env::consts::ARCH {
-                "x86_64" => "x86-64",
-                other => other,
-            };
-            [("OSFamily", "linux"), ("ISA", isa)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
     }
 }
 
@@ -285,15 +243,6 @@ pub struct LimitsConfig {
     pub max_resumable_uploads: usize,
     /// How long an interrupted upload stays resumable.
     pub resumable_upload_ttl_secs: u64,
-}
-
-impl LimitsConfig {
-    pub fn upload_limits(&self) -> crate::storage::uploads::UploadLimits {
-        crate::storage::uploads::UploadLimits {
-            max_parked: self.max_resumable_uploads,
-            ttl: std::time::Duration::from_secs(self.resumable_upload_ttl_secs),
-        }
-    }
 }
 
 impl Default for LimitsConfig {
@@ -432,11 +381,6 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// The data directory in force.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(default_data_dir)
-    }
-
     pub fn instance(&self, name: &str) -> Option<&InstanceConfig> {
         self.instances.iter().find(|i| i.name == name)
     }
@@ -504,52 +448,4 @@ fn is_reserved_segment(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn embedded_default_parses() {
-        let c = Config::default();
-        assert_eq!(c.listen, default_listen());
-        assert_eq!(c.instances, default_instances());
-        assert_eq!(c.storage, StorageConfig::default());
-        assert_eq!(c.execution, ExecutionConfig::default());
-        assert_eq!(c.sandbox, SandboxConfig::default());
-        assert_eq!(c.asset, AssetConfig::default());
-        assert_eq!(c.limits, LimitsConfig::default());
-        assert_eq!(c.metrics, MetricsConfig::default());
-        assert!(c.auth.tokens.is_empty() && c.tls.is_none());
-        assert!(c.data_dir.is_none());
-    }
-
-    #[test]
-    fn empty_document_gives_defaults() {
-        assert_eq!(Config::from_toml("").unwrap(), Config::default());
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let err = Config::from_toml("lisen = \"127.0.0.1:1\"").unwrap_err();
-        assert!(err.to_string().contains("lisen"), "{err}");
-        let err = Config::from_toml("[storage]\nfsynk = true").unwrap_err();
-        assert!(err.to_string().contains("fsynk"), "{err}");
-    }
-
-    #[test]
-    fn human_sizes() {
-        let c = Config::from_toml("[storage]\nmax_batch_total_size = \"8MiB\"").unwrap();
-        assert_eq!(c.storage.max_batch_total_size, ByteSize::mib(8));
-    }
-
-    #[test]
-    fn bad_instances_rejected() {
-        assert!(Config::from_toml("instances = []").is_err());
-        assert!(
-            Config::from_toml("[[instances]]\nname = \"a\"\n[[instances]]\nname = \"a\"").is_err()
-        );
-        assert!(Config::from_toml("[[instances]]\nname = \"x/blobs\"").is_err());
-        let c = Config::from_toml("[[instances]]\nname = \"a\"\nallow_ac_updates = false").unwrap();
-        assert!(!c.instance("a").unwrap().allow_ac_updates);
-        assert!(c.instance("").is_none());
-    }
-}
+mod tests;
