@@ -7,18 +7,21 @@
 //!
 //! # Layout
 //! - [`auth`]: bearer tokens and per-instance roles.
-//! - [`config`]: the TOML configuration, validated once at start-up.
+//! - [`config`]: the TOML as written ([`Config`]) and the working values derived from it
+//!   once at start-up ([`config::Settings`]).
 //! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
 //! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks,
 //!   and the registry of live and interrupted ByteStream uploads.
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
-//! - [`execution`]: action specs, the scheduler, operations, the local workers, and the
-//!   spawn path that starts an action's process without forking the server.
+//! - [`execution`]: the [`execution::Engine`] front door; action specs, the scheduler that
+//!   hands actions to executors that ask for work, operations, the local worker (the first
+//!   executor), and the spawn path that starts an action's process without forking the server.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`state`]: the shared server state the adapters and the server read.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.
-//! - [`error`]: the crate error and its single mapping onto gRPC statuses.
+//! - [`error`]: the crate error, which says what happened, and its single mapping onto gRPC
+//!   statuses.
 //! - [`offload`]: runs blocking work on the blocking pool, for every layer.
 //! - [`proto`]: generated protobuf and gRPC code.
 
