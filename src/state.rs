@@ -66,11 +66,6 @@ impl Context {
         Ok(())
     }
 
-    /// Whether a blob is stored and sound (see [`Cas::is_present`]).
-    pub async fn blob_present(&self, digest: &crate::digest::Digest) -> Result<bool, Error> {
-        self.cas.is_present(digest).await
-    }
-
     /// Largest total of blob bytes in one batch call.
     pub fn max_batch_bytes(&self) -> u64 {
         self.settings.written.storage.max_batch_total_size.as_u64()

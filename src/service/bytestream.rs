@@ -105,7 +105,7 @@ impl ByteStream for ByteStreamService {
         let digest = name.digest;
         self.ctx.check_blob_size(&digest)?;
         let compressed = name.compression != Compression::Identity;
-        if self.ctx.blob_present(&digest).await? {
+        if self.ctx.cas.is_present(&digest).await? {
             // Already stored: the spec lets the server end the upload at once.
             let committed = if compressed { -1 } else { digest.size() as i64 };
             return Ok(Response::new(WriteResponse {
@@ -224,7 +224,7 @@ impl ByteStream for ByteStreamService {
         let caller = crate::auth::caller(&request);
         let name = ResourceName::parse_write(&request.get_ref().resource_name)?;
         self.ctx.authorize(&caller, &name.instance, Role::Write)?;
-        if self.ctx.blob_present(&name.digest).await? {
+        if self.ctx.cas.is_present(&name.digest).await? {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: name.digest.size() as i64,
                 complete: true,
