@@ -127,6 +127,17 @@ impl Digest {
         Self::parse(function, &digest.hash, digest.size_bytes)
     }
 
+    /// Every digest of a request's list, or the first one that is not valid.
+    pub fn all_from_proto(
+        function: DigestFunction,
+        digests: &[re::Digest],
+    ) -> Result<Vec<Self>, Error> {
+        digests
+            .iter()
+            .map(|d| Self::from_proto(function, d))
+            .collect()
+    }
+
     /// Like [`Digest::from_proto`], but a missing message field is an error naming `what`.
     pub fn from_required(
         function: DigestFunction,

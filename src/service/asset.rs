@@ -217,17 +217,15 @@ impl PushService {
             AssetKind::Blob => "blob",
             AssetKind::Directory => "root directory",
         };
-        let digests = |ds: &[re::Digest]| {
-            ds.iter()
-                .map(|d| Digest::from_proto(function, d))
-                .collect::<Result<Vec<_>, _>>()
-        };
         let record = AssetRecord {
             digest: Digest::from_required(function, pushed.digest.as_ref(), what)?,
             inserted_at: SystemTime::now(),
             expire_at: time(pushed.expire_at, "expire_at")?,
-            referenced_blobs: digests(&pushed.references_blobs)?,
-            referenced_directories: digests(&pushed.references_directories)?,
+            referenced_blobs: Digest::all_from_proto(function, &pushed.references_blobs)?,
+            referenced_directories: Digest::all_from_proto(
+                function,
+                &pushed.references_directories,
+            )?,
         };
         let assets = self.ctx.asset.clone();
         blocking(move || assets.push(&query, record)).await

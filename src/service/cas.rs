@@ -41,11 +41,7 @@ impl ContentAddressableStorage for CasService {
         self.ctx
             .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
-        let digests = req
-            .blob_digests
-            .iter()
-            .map(|d| Digest::from_proto(function, d))
-            .collect::<Result<Vec<_>, _>>()?;
+        let digests = Digest::all_from_proto(function, &req.blob_digests)?;
         let missing = self.ctx.cas.find_missing(&digests);
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
@@ -129,11 +125,7 @@ impl ContentAddressableStorage for CasService {
         self.ctx
             .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
-        let digests = req
-            .digests
-            .iter()
-            .map(|d| Digest::from_proto(function, d))
-            .collect::<Result<Vec<_>, _>>()?;
+        let digests = Digest::all_from_proto(function, &req.digests)?;
         let total: u64 = digests.iter().map(Digest::size).sum();
         let max = self.ctx.max_batch_bytes();
         if total > max {
