@@ -430,20 +430,7 @@ async fn batch_read_over_the_limit_is_rejected() {
 
 // ---------------------------------------------------------------- GetTree
 
-fn file(name: &str, data: &[u8]) -> re::FileNode {
-    re::FileNode {
-        name: name.into(),
-        digest: Some(digest(data)),
-        ..Default::default()
-    }
-}
-
-fn subdir(name: &str, dir: &re::Directory) -> re::DirectoryNode {
-    re::DirectoryNode {
-        name: name.into(),
-        digest: Some(digest(&dir.encode_to_vec())),
-    }
-}
+use common::{dir_node as subdir, file_node as file};
 
 /// root/{a/shared, b/shared, top.txt}: four distinct directories over three levels, where
 /// `shared` is reachable twice. Returns (root, every distinct directory).

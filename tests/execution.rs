@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::exec::*;
-use common::{TestServer, digest, expect_status};
+use common::{TestServer, digest, dir_node, expect_status, file_node};
 use prost::Message;
 use rexd::proto::longrunning::CancelOperationRequest;
 use rexd::proto::remote_execution as re;
@@ -360,21 +360,6 @@ async fn a_missing_directory_named_twice_is_listed_once() {
         &[],
     );
     assert_eq!(missing_subjects(&status), [subject(&digest(&shared))]);
-}
-
-fn file_node(name: &str, data: &[u8]) -> re::FileNode {
-    re::FileNode {
-        name: name.into(),
-        digest: Some(digest(data)),
-        ..Default::default()
-    }
-}
-
-fn dir_node(name: &str, dir: &re::Directory) -> re::DirectoryNode {
-    re::DirectoryNode {
-        name: name.into(),
-        digest: Some(digest(&dir.encode_to_vec())),
-    }
 }
 
 fn symlink_node(name: &str, target: &str) -> re::SymlinkNode {

@@ -14,7 +14,7 @@ use sha2::Digest as _;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use super::{TestServer, digest};
+use super::{TestServer, digest, file_node};
 
 /// The reference keys rexd holds for `uri`.
 pub fn uri_keys(server: &TestServer, uri: &str) -> Vec<rexd::storage::asset_store::AssetKey> {
@@ -120,18 +120,13 @@ pub fn assert_found(reply: Result<FetchBlobResponse, Status>, data: &[u8]) -> Fe
 
 /// A small tree: root { a.txt, sub/ { b.txt } }. Returns (root digest, every blob).
 pub fn tree(a: &[u8], b: &[u8]) -> (re::Digest, Vec<Vec<u8>>) {
-    let file = |name: &str, data: &[u8]| re::FileNode {
-        name: name.into(),
-        digest: Some(digest(data)),
-        ..Default::default()
-    };
     let sub = re::Directory {
-        files: vec![file("b.txt", b)],
+        files: vec![file_node("b.txt", b)],
         ..Default::default()
     }
     .encode_to_vec();
     let root = re::Directory {
-        files: vec![file("a.txt", a)],
+        files: vec![file_node("a.txt", a)],
         directories: vec![re::DirectoryNode {
             name: "sub".into(),
             digest: Some(digest(&sub)),

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use super::fs::copy_tree;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -225,31 +227,6 @@ impl Drop for Workspace {
             shutdown(self);
         }
     }
-}
-
-/// Copies `src` into the existing directory `dst`, recursively, keeping
-/// permissions (the sh_test script must stay executable). Skips Bazel's
-/// `bazel-*` convenience symlinks in case someone built in the fixture dir.
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let name = entry.file_name();
-        let to = dst.join(&name);
-        if ty.is_symlink() {
-            if name.to_string_lossy().starts_with("bazel-") {
-                continue;
-            }
-            let target = fs::read_link(entry.path())?;
-            std::os::unix::fs::symlink(target, &to)?;
-        } else if ty.is_dir() {
-            fs::create_dir(&to)?;
-            copy_tree(&entry.path(), &to)?;
-        } else {
-            fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
 }
 
 /// The result of one Bazel command.

@@ -14,6 +14,8 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use super::fs::copy_tree;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -124,10 +126,58 @@ pub struct RemoteExecution {
 /// <tmp>/state-N/buildstream.conf
 /// ```
 pub struct Project {
-    dir: tempfile::TempDir,
+    dirs: ProjectDir,
     bst: PathBuf,
     remote: Option<RemoteExecution>,
+}
+
+/// The temp dir of a BuildStream project of either version: the fixture copied in with a
+/// sysroot, and one state directory per user configuration (`generation`).
+pub struct ProjectDir {
+    dir: tempfile::TempDir,
     generation: u32,
+}
+
+impl ProjectDir {
+    /// Copies `fixture` to `<tmp>/project` and builds its sysroot.
+    pub fn new(prefix: &str, fixture: &str) -> ProjectDir {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("create temp dir for the BuildStream project");
+        let project = dir.path().join("project");
+        fs::create_dir(&project).unwrap();
+        copy_tree(Path::new(fixture), &project)
+            .unwrap_or_else(|e| panic!("copy {fixture} to {}: {e}", project.display()));
+        make_sysroot(&project.join("sysroot"));
+        ProjectDir { dir, generation: 0 }
+    }
+
+    /// Moves on to new, empty state directories.
+    pub fn next_generation(&mut self) {
+        self.generation += 1;
+    }
+
+    /// The project directory (`bst -C`).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// A scratch path in the temp dir, e.g. for a checkout; must not exist yet.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        assert!(!p.exists(), "{} already exists", p.display());
+        p
+    }
+
+    /// The directory of the current configuration's caches and logs.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(format!("state-{}", self.generation))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.state_dir().join("buildstream.conf")
+    }
 }
 
 impl Project {
@@ -136,20 +186,10 @@ impl Project {
     /// cannot be found (call [`bst_or_skip`] first).
     pub fn new() -> Project {
         let bst = find_bst().unwrap_or_else(|why| panic!("{why}"));
-        let dir = tempfile::Builder::new()
-            .prefix("rexd-bst-")
-            .tempdir()
-            .expect("create temp dir for the BuildStream project");
-        let project = dir.path().join("project");
-        fs::create_dir(&project).unwrap();
-        copy_tree(Path::new(FIXTURE_DIR), &project)
-            .unwrap_or_else(|e| panic!("copy {FIXTURE_DIR} to {}: {e}", project.display()));
-        make_sysroot(&project.join("sysroot"));
         let p = Project {
-            dir,
+            dirs: ProjectDir::new("rexd-bst-", FIXTURE_DIR),
             bst,
             remote: None,
-            generation: 0,
         };
         p.write_user_config();
         p
@@ -170,30 +210,27 @@ impl Project {
     /// directories are new and empty: the next bst command starts with an
     /// empty local cache (and its own buildbox-casd on it).
     pub fn fresh_cache(&mut self) {
-        self.generation += 1;
+        self.dirs.next_generation();
         self.write_user_config();
     }
 
     /// The project directory (`bst -C`).
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join("project")
+        self.dirs.path()
     }
 
-    /// A scratch directory in the temp dir, e.g. for `artifact checkout`;
-    /// must not exist yet.
+    /// A scratch directory in the temp dir, e.g. for `artifact checkout`.
     pub fn scratch(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        assert!(!p.exists(), "{} already exists", p.display());
-        p
+        self.dirs.scratch(name)
     }
 
     /// The directory of the current configuration's caches and logs.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join(format!("state-{}", self.generation))
+        self.dirs.state_dir()
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.state_dir().join("buildstream.conf")
+        self.dirs.config_path()
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -326,29 +363,6 @@ pub fn make_sysroot(sysroot: &Path) {
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
-}
-
-/// Copies `src` into the existing directory `dst`, recursively. Skips a
-/// `sysroot` or `.bst` directory in case someone built in the fixture dir.
-pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let name = entry.file_name();
-        if name == "sysroot" || name == ".bst" {
-            continue;
-        }
-        let to = dst.join(&name);
-        if ty.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
-        } else if ty.is_dir() {
-            fs::create_dir(&to)?;
-            copy_tree(&entry.path(), &to)?;
-        } else {
-            fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
 }
 
 /// The result of one bst command.

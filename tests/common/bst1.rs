@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::bst::{BUSYBOX, copy_tree, make_sysroot};
+use super::bst::{BUSYBOX, ProjectDir};
 
 /// Debian's BuildStream 1.6.
 pub const BST1: &str = "/usr/bin/bst";
@@ -71,29 +71,18 @@ pub fn bst1_or_skip() -> bool {
 /// A fresh copy of the fixture project plus the directories of its current
 /// user configuration, all in one temp dir (`project/`, `state-N/`).
 pub struct Project1 {
-    dir: tempfile::TempDir,
+    dirs: ProjectDir,
     /// `artifacts: url:` (http://HOST:PORT), pushed to.
     cache_url: String,
-    generation: u32,
 }
 
 impl Project1 {
     /// A fresh project whose artifact cache is `cache_url` (with push), and an
     /// empty local cache.
     pub fn new(cache_url: &str) -> Project1 {
-        let dir = tempfile::Builder::new()
-            .prefix("rexd-bst1-")
-            .tempdir()
-            .expect("create temp dir for the BuildStream 1.6 project");
-        let project = dir.path().join("project");
-        fs::create_dir(&project).unwrap();
-        copy_tree(Path::new(FIXTURE_DIR), &project)
-            .unwrap_or_else(|e| panic!("copy {FIXTURE_DIR} to {}: {e}", project.display()));
-        make_sysroot(&project.join("sysroot"));
         let p = Project1 {
-            dir,
+            dirs: ProjectDir::new("rexd-bst1-", FIXTURE_DIR),
             cache_url: cache_url.to_string(),
-            generation: 0,
         };
         p.write_user_config();
         p
@@ -101,27 +90,25 @@ impl Project1 {
 
     /// Switches to new, empty local artifact, source and build directories.
     pub fn fresh_cache(&mut self) {
-        self.generation += 1;
+        self.dirs.next_generation();
         self.write_user_config();
     }
 
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join("project")
+        self.dirs.path()
     }
 
     /// A path in the temp dir that does not exist yet (e.g. for `checkout`).
     pub fn scratch(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        assert!(!p.exists(), "{} already exists", p.display());
-        p
+        self.dirs.scratch(name)
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join(format!("state-{}", self.generation))
+        self.dirs.state_dir()
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.state_dir().join("buildstream.conf")
+        self.dirs.config_path()
     }
 
     fn write_user_config(&self) {

@@ -24,19 +24,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// rexd running actions as plain processes (no namespaces), so a test can hand them paths
 /// outside their exec root to signal through, as `edit` further changes the configuration.
-///
-/// Each server gets its own range of worker uids: after an action, plain mode kills every
-/// process of its worker's uid, which would hit the actions of other servers in this process
-/// (or in a concurrently running test binary) sharing that uid.
+/// Its worker uids are its own, from [`super::private_uid_base`] through `start_with`.
 pub async fn start_plain(edit: impl FnOnce(&mut Config)) -> TestServer {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
-    let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) % 256;
     TestServer::start_with(|cfg| {
         cfg.sandbox.backend = SandboxBackend::Plain;
         cfg.execution.workers = 2;
-        cfg.sandbox.run_as_uid_base =
-            1_000_000 + (std::process::id() % 4096) * 65_536 + block * 256;
         edit(cfg);
     })
     .await

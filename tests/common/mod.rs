@@ -5,6 +5,8 @@
 pub mod bazel;
 pub mod bst;
 pub mod exec;
+/// Fixture copying shared by the end-to-end workspaces.
+pub mod fs;
 
 use std::net::SocketAddr;
 
@@ -49,11 +51,7 @@ impl TestServer {
             ..Config::default()
         };
         config.storage.fsync = false;
-        // Servers in one test process run at once: each gets uids of its own for its
-        // actions, so one server's clean-up never kills another's actions.
-        static NEXT_UID_BASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        config.sandbox.run_as_uid_base =
-            62_000 + 16 * NEXT_UID_BASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        config.sandbox.run_as_uid_base = private_uid_base();
         edit(&mut config);
         let ctx = tokio::task::spawn_blocking(move || {
             rexd::server::open_context(rexd::config::Settings::new(config).expect("valid settings"))
@@ -130,6 +128,23 @@ impl Drop for TestServer {
 /// The SHA-256 digest of `data`, as a proto.
 pub fn digest(data: &[u8]) -> re::Digest {
     Digest::of(DigestFunction::Sha256, data).to_proto()
+}
+
+/// A file entry of a Directory proto holding `data`.
+pub fn file_node(name: &str, data: &[u8]) -> re::FileNode {
+    re::FileNode {
+        name: name.into(),
+        digest: Some(digest(data)),
+        ..Default::default()
+    }
+}
+
+/// A subdirectory entry of a Directory proto naming `dir`.
+pub fn dir_node(name: &str, dir: &re::Directory) -> re::DirectoryNode {
+    re::DirectoryNode {
+        name: name.into(),
+        digest: Some(digest(&prost::Message::encode_to_vec(dir))),
+    }
 }
 
 /// `blobs/{hash}/{size}` for `data`.
@@ -286,27 +301,27 @@ impl TestServer {
 /// Remote Asset request helpers.
 pub mod asset;
 
-/// A `sandbox.run_as_uid_base` that no other server of this test process, nor (barring a pid
-/// clash) of another test process, uses. With the plain backend, a worker kills every process
-/// of its uid when an action ends; servers sharing worker uids would kill each other's actions.
+/// The one allocator of worker uid ranges: a `sandbox.run_as_uid_base` that no other server
+/// of this test process, nor (barring a pid clash) of another test process, uses, with room
+/// for 256 workers. With the plain backend, a worker kills every process of its uid when an
+/// action ends; servers sharing worker uids would kill each other's actions.
 pub fn private_uid_base() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 64;
-    1_000_000 + (std::process::id() % 1_000_000) * 1024 + n * 16
+    let block = NEXT.fetch_add(1, Ordering::Relaxed) % 256;
+    1_000_000 + (std::process::id() % 4096) * 65_536 + block * 256
 }
 
-/// [`exec::start_plain`] with worker uids of its own (see [`private_uid_base`]); at most 16
-/// workers.
+/// [`exec::start_plain`] for tests that set many workers: checks that they fit the uid range
+/// [`private_uid_base`] gives each server.
 pub async fn start_plain_isolated(edit: impl FnOnce(&mut Config)) -> TestServer {
     exec::start_plain(|c| {
-        c.sandbox.run_as_uid_base = private_uid_base();
         edit(c);
         let workers = rexd::config::Settings::new(c.clone())
             .unwrap()
             .execution
             .workers;
-        assert!(workers <= 16, "at most 16 workers");
+        assert!(workers <= 256, "at most 256 workers");
     })
     .await
 }
