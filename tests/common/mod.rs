@@ -7,6 +7,8 @@ pub mod bst;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.
 pub mod fs;
+/// Helpers of the storage tests.
+pub mod storage;
 
 use std::net::SocketAddr;
 
