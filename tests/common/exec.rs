@@ -395,26 +395,11 @@ pub async fn run_ok(server: &TestServer, action: &ActionBuilder) -> re::ActionRe
     result
 }
 
-/// Reads a blob through BatchReadBlobs.
+/// Reads a blob through BatchReadBlobs, which must find it.
 pub async fn read_blob(server: &TestServer, d: &re::Digest) -> Vec<u8> {
-    let response = server
-        .cas()
-        .await
-        .batch_read_blobs(re::BatchReadBlobsRequest {
-            digests: vec![d.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let r = &response.responses[0];
-    assert_eq!(
-        r.status.as_ref().map_or(0, |s| s.code),
-        0,
-        "reading {d:?}: {:?}",
-        r.status
-    );
-    r.data.to_vec()
+    let (code, data) = super::storage::batch_read(server, d).await;
+    assert_eq!(code, tonic::Code::Ok, "reading {d:?}");
+    data
 }
 
 /// The text of the blob `d` (an Option, as digests are in protos).
