@@ -741,36 +741,54 @@ async fn health_and_reflection_need_no_token() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_token_configuration_stops_the_server() {
+/// A bad token table is refused before anything is served: `Settings`, which every server is
+/// opened from, cannot be built from it, and the binary exits at start-up naming the problem.
+#[test]
+fn bad_token_configuration_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
     for (token, needle) in [
         (
-            TokenConfig {
-                name: "nowhere".into(),
-                sha256: None,
-                file: None,
-                env: Some("REXD_AUTH_TEST_UNSET_VARIABLE".into()),
-                roles: HashMap::new(),
-            },
+            "name = \"nowhere\"\nenv = \"REXD_AUTH_TEST_UNSET_VARIABLE\"",
             "REXD_AUTH_TEST_UNSET_VARIABLE",
         ),
-        (
-            TokenConfig {
-                name: "short".into(),
-                sha256: Some("abc".into()),
-                file: None,
-                env: None,
-                roles: HashMap::new(),
-            },
-            "sha256",
-        ),
+        ("name = \"short\"\nsha256 = \"abc\"", "sha256"),
     ] {
-        let mut server = TestServer::start_with(|c| c.auth.tokens = vec![token]).await;
-        let err = tokio::time::timeout(PATIENCE, server.join())
-            .await
-            .expect("the server should stop at once")
-            .expect_err("a server with a bad token must not serve");
+        let text = format!("[[auth.tokens]]\n{token}\nroles = {{}}\n");
+        let config = rexd::Config::from_toml(&text).unwrap();
+        let err = rexd::config::Settings::new(config)
+            .err()
+            .expect("a server with a bad token must not serve");
         assert!(err.to_string().contains(needle), "{err}");
+
+        let path = dir.path().join("rexd.toml");
+        std::fs::write(&path, &text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rexd"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        let output = match rx.recv_timeout(PATIENCE) {
+            Ok(output) => output.unwrap(),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("rexd kept serving with a bad token ({needle})");
+            }
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "rexd started: {stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
     }
 }
 
