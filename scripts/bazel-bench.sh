@@ -15,6 +15,8 @@
 #   scripts/bazel-bench.sh
 #   LIBS=20 JOBS=16 RUNS=3 scripts/bazel-bench.sh
 #   BIN=/path/to/other/build/release scripts/bazel-bench.sh
+#   KEEP=/tmp/bench scripts/bazel-bench.sh    keep the workspace, the logs, Bazel's JSON
+#                                             profiles and rexd's logs in /tmp/bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -29,12 +31,16 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --bin rexd >&2
 fi
 
-tmp=$(mktemp -d)
+if [ -n "${KEEP:-}" ]; then
+  rm -rf "$KEEP" && mkdir -p "$KEEP" && tmp=$(cd "$KEEP" && pwd)
+else
+  tmp=$(mktemp -d)
+fi
 ws=$tmp/ws
 # shellcheck source=scripts/rexd-server.sh
 . scripts/rexd-server.sh
 bazel_root=$tmp/bazel-root
-trap 'stop_rexd; (cd "$ws" 2>/dev/null && bazel --output_user_root="$bazel_root" shutdown) >/dev/null 2>&1; rm -rf "$tmp"' EXIT
+trap 'stop_rexd; (cd "$ws" 2>/dev/null && bazel --output_user_root="$bazel_root" shutdown) >/dev/null 2>&1; [ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
 
 # ---------------------------------------------------------------- the workspace
 mkdir -p "$ws"
@@ -124,9 +130,9 @@ step() {
   local b0 r0 t0 t1 log
   b0=$(cpu_of "$bazel_pid")
   r0=$(cpu_of "$server_pid")
-  log=$tmp/$name.log
+  log=$tmp/$name-$run.log
   t0=$(now)
-  bz build "${common[@]}" "$@" //... >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  bz build "${common[@]}" --profile="$tmp/$name-$run.profile.json" "$@" //... >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   t1=$(now)
   local b1 r1
   b1=$(cpu_of "$bazel_pid")
