@@ -10,11 +10,13 @@
 #      fsync on), --jobs JOBS (default 8);
 #   3. rebuilds it after `bazel clean`, every action a remote cache hit.
 # Prints wall time and CPU (Bazel's server with its local children, and rexd with its
-# actions) for each step, and the ratios to the local build. Repeat with RUNS (default 1).
+# actions) for each step, how many of the cores were busy on average (anything on the machine),
+# and the ratios to the local build. Repeat with RUNS (default 1).
 #
 #   scripts/bazel-bench.sh
 #   LIBS=20 JOBS=16 RUNS=3 scripts/bazel-bench.sh
 #   BIN=/path/to/other/build/release scripts/bazel-bench.sh
+#   REXD_TOML='execution.workers = 4' scripts/bazel-bench.sh   extra rexd.toml lines (one per line)
 #   KEEP=/tmp/bench scripts/bazel-bench.sh    keep the workspace, the logs, Bazel's JSON
 #                                             profiles and rexd's logs in /tmp/bench
 set -euo pipefail
@@ -119,27 +121,34 @@ cpu_of() {
   [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo 0; return; }
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13 + $14 + $15) / hz }' "/proc/$pid/stat"
 }
+# CPU seconds the whole machine has spent busy (all cores, anything but idle and iowait).
+machine_busy() {
+  awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { print ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat
+}
 now() { date +%s.%N; }
-# step NAME ARGS...: one timed build; prints "NAME wall bazel-cpu rexd-cpu processes-line".
+# step NAME ARGS...: one timed build; prints "NAME wall bazel-cpu rexd-cpu machine-busy
+# processes-line".
 step() {
   local name=$1
   shift
   bz clean >/dev/null 2>&1
   local bazel_pid
   bazel_pid=$(bz info server_pid 2>/dev/null)
-  local b0 r0 t0 t1 log
+  local b0 r0 m0 t0 t1 log
   b0=$(cpu_of "$bazel_pid")
+  m0=$(machine_busy)
   r0=$(cpu_of "$server_pid")
   log=$tmp/$name-$run.log
   t0=$(now)
   bz build "${common[@]}" --profile="$tmp/$name-$run.profile.json" "$@" //... >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   t1=$(now)
-  local b1 r1
+  local b1 r1 m1
+  m1=$(machine_busy)
   b1=$(cpu_of "$bazel_pid")
   r1=$(cpu_of "$server_pid")
   awk -v n="$name" -v t0="$t0" -v t1="$t1" -v b0="$b0" -v b1="$b1" -v r0="$r0" \
-    -v r1="$r1" -v p="$(grep -o '[0-9]* processes.*' "$log" | tail -n 1)" \
-    'BEGIN { printf "%s %.2f %.2f %.2f %s\n", n, t1 - t0, b1 - b0, r1 - r0, p }'
+    -v r1="$r1" -v m0="$m0" -v m1="$m1" -v p="$(grep -o '[0-9]* processes.*' "$log" | tail -n 1)" \
+    'BEGIN { printf "%s %.2f %.2f %.2f %.2f %s\n", n, t1 - t0, b1 - b0, r1 - r0, m1 - m0, p }'
 }
 
 results=$tmp/results
@@ -147,7 +156,9 @@ results=$tmp/results
 for run in $(seq "$runs"); do
   echo "== run $run of $runs ($libs libraries, --jobs $jobs)" >&2
   step local --spawn_strategy=local | tee -a "$results" >&2
-  start_rexd "$tmp/rexd-$run"
+  extra=()
+  [ -z "${REXD_TOML:-}" ] || mapfile -t extra <<<"$REXD_TOML"
+  start_rexd "$tmp/rexd-$run" "${extra[@]}"
   remote=(--remote_executor="$url" --spawn_strategy=remote --remote_local_fallback=false
     --remote_download_outputs=all --remote_timeout=120s)
   step remote "${remote[@]}" | tee -a "$results" >&2
@@ -156,15 +167,16 @@ for run in $(seq "$runs"); do
 done
 
 echo
-echo "| step | wall (median) | vs local | CPU: Bazel + rexd (median) | processes (last run) |"
-echo "|---|---|---|---|---|"
+echo "| step | wall (median) | vs local | CPU: Bazel + rexd (median) | cores busy | processes (last run) |"
+echo "|---|---|---|---|---|---|"
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 local_wall=$(awk '$1 == "local" { print $2 }' "$results" | median)
 for s in local remote cached; do
   wall=$(awk -v s=$s '$1 == s { print $2 }' "$results" | median)
   bcpu=$(awk -v s=$s '$1 == s { print $3 }' "$results" | median)
   rcpu=$(awk -v s=$s '$1 == s { print $4 }' "$results" | median)
-  procs=$(awk -v s=$s '$1 == s { $1 = $2 = $3 = $4 = ""; line = $0 } END { print line }' "$results" | sed 's/^ *//')
-  awk -v s="$s" -v w="$wall" -v l="$local_wall" -v b="$bcpu" -v r="$rcpu" -v p="$procs" \
-    'BEGIN { printf "| %s | %.2f s | %.2fx | %.1f + %.1f s | %s |\n", s, w, w / l, b, r, p }'
+  busy=$(awk -v s=$s '$1 == s { print $5 / $2 }' "$results" | median)
+  procs=$(awk -v s=$s '$1 == s { $1 = $2 = $3 = $4 = $5 = ""; line = $0 } END { print line }' "$results" | sed 's/^ *//')
+  awk -v s="$s" -v w="$wall" -v l="$local_wall" -v b="$bcpu" -v r="$rcpu" -v c="$busy" \
+    -v p="$procs" 'BEGIN { printf "| %s | %.2f s | %.2fx | %.1f + %.1f s | %.2f | %s |\n", s, w, w / l, b, r, c, p }'
 done

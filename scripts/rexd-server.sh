@@ -17,7 +17,7 @@ start_rexd() {
     echo "data_dir = \"$dir/data\""
     printf '%s\n' "$@"
   } >"$dir/rexd.toml"
-  NO_COLOR=1 RUST_LOG=info "$bin/rexd" --config "$dir/rexd.toml" 2>"$dir/rexd.log" &
+  NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$bin/rexd" --config "$dir/rexd.toml" 2>"$dir/rexd.log" &
   server_pid=$!
   local addr=""
   for _ in $(seq 300); do

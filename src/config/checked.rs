@@ -16,6 +16,12 @@ use crate::execution::spec::SpecLimits;
 use crate::storage::CasOptions;
 use crate::storage::uploads::UploadLimits;
 
+/// Worker slots per CPU when the config says `workers = 0`. A slot is not busy on the CPU
+/// all the time it holds an action (staging, sandbox start, storing outputs, waiting for
+/// the client's next request), so one per CPU left cores idle: with Bazel on the same
+/// 2-core machine, 4 per CPU took a cold remote build from 1.82x to 1.60x local.
+pub const SLOTS_PER_CPU: usize = 4;
+
 /// Everything the server reads at start-up, checked and converted.
 #[derive(Clone)]
 pub struct Settings {
@@ -39,7 +45,7 @@ pub struct Settings {
 pub struct ExecutionSettings {
     pub limits: SpecLimits,
     pub retention: RetentionLimits,
-    /// Local worker slots in force (`workers = 0` resolved to the CPU count).
+    /// Local worker slots in force (`workers = 0` resolved to [`SLOTS_PER_CPU`] per CPU).
     pub workers: usize,
     /// The platform properties the workers offer.
     pub platform: BTreeMap<String, String>,
@@ -80,7 +86,9 @@ impl Settings {
                     max_bytes: exec.max_finished_operations_size.as_u64(),
                 },
                 workers: match exec.workers {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    0 => {
+                        std::thread::available_parallelism().map_or(1, |n| n.get()) * SLOTS_PER_CPU
+                    }
                     n => n,
                 },
                 platform: exec.platform.clone().unwrap_or_else(host_platform),

@@ -102,7 +102,7 @@ impl Default for StorageConfig {
 pub struct ExecutionConfig {
     /// Serve the Execution API at all; off makes rexd a pure cache.
     pub enabled: bool,
-    /// Actions run at once; 0 means one per CPU.
+    /// Actions run at once; 0 means `SLOTS_PER_CPU` per CPU.
     pub workers: usize,
     /// Timeout of an action that does not set one.
     pub default_timeout_secs: u64,

@@ -51,9 +51,11 @@ pub async fn finish(
 ) -> bool {
     let op = &job.op;
     metadata.worker_completed_timestamp = Some(std::time::SystemTime::now().into());
+    let phases = Phases::of(&metadata);
     outcome.result.execution_metadata = Some(metadata);
     let failed = outcome.failed();
     let digest = job.spec.action_digest;
+    let ac_started = std::time::Instant::now();
     if !failed && job.spec.cacheable() {
         let (ac, instance, stored) = (
             ac.clone(),
@@ -64,6 +66,7 @@ pub async fn finish(
             tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
         }
     }
+    let ac_write_us = ac_started.elapsed().as_micros() as u64;
     let label = match &outcome.error {
         None if outcome.result.exit_code == 0 => "success",
         None => "nonzero_exit",
@@ -85,6 +88,11 @@ pub async fn finish(
         exit_code = outcome.result.exit_code,
         status = outcome.error.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
         duration_ms = elapsed.as_millis() as u64,
+        queued_us = phases.queued_us,
+        stage_us = phases.stage_us,
+        run_us = phases.run_us,
+        upload_us = phases.upload_us,
+        ac_write_us,
         tool = %tool.tool_name,
         tool_version = %tool.tool_version,
         invocation = %m.tool_invocation_id,
@@ -99,4 +107,41 @@ pub async fn finish(
         outcome.error,
     ));
     failed
+}
+
+/// Where a finished action's time went, in microseconds, from the timestamps its executor
+/// recorded: the "action completed" line carries them so a slow pipeline can be taken apart.
+struct Phases {
+    queued_us: u64,
+    stage_us: u64,
+    run_us: u64,
+    upload_us: u64,
+}
+
+impl Phases {
+    fn of(m: &ExecutedActionMetadata) -> Self {
+        let us = |from: &Option<prost_types::Timestamp>, to: &Option<prost_types::Timestamp>| {
+            let (Some(from), Some(to)) = (from, to) else {
+                return 0;
+            };
+            let nanos =
+                |t: &prost_types::Timestamp| t.seconds as i128 * 1_000_000_000 + t.nanos as i128;
+            ((nanos(to) - nanos(from)).max(0) / 1000) as u64
+        };
+        Phases {
+            queued_us: us(&m.queued_timestamp, &m.worker_start_timestamp),
+            stage_us: us(
+                &m.input_fetch_start_timestamp,
+                &m.input_fetch_completed_timestamp,
+            ),
+            run_us: us(
+                &m.execution_start_timestamp,
+                &m.execution_completed_timestamp,
+            ),
+            upload_us: us(
+                &m.output_upload_start_timestamp,
+                &m.output_upload_completed_timestamp,
+            ),
+        }
+    }
 }

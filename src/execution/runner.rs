@@ -29,9 +29,15 @@ pub async fn run(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<RunEnd, Error> {
+    let spawning = std::time::Instant::now();
     let mut child = spawn::spawn(process)
         .await
         .map_err(|e| Error::BadInput(format!("cannot start command {program:?}: {e}")))?;
+    tracing::debug!(
+        pid = child.id(),
+        spawn_us = spawning.elapsed().as_micros() as u64,
+        "spawned"
+    );
     let pgid = Some(Pid::from_raw(child.id() as i32));
     let end = tokio::select! {
         status = child.wait() => {
