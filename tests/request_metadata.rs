@@ -152,7 +152,8 @@ async fn metadata_is_kept_with_the_operation_and_logged() {
     // The RPC's own lines (here "queued") carry the metadata in their span.
     let queued: Vec<String> = lines_with(&invocation)
         .into_iter()
-        .filter(|l| l.contains("queued") && l.contains(&name))
+        // The event itself, not the "action completed" line's queued_us field.
+        .filter(|l| l.contains(": queued ") && l.contains(&name))
         .collect();
     assert_eq!(queued.len(), 1, "{:#?}", lines_with(&invocation));
     for needle in [
