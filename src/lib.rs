@@ -16,7 +16,8 @@
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
 //! - [`execution`]: the [`execution::Engine`] front door; action specs, the scheduler that
 //!   hands actions to executors that ask for work, operations, the local worker (the first
-//!   executor), and the spawn path that starts an action's process without forking the server.
+//!   executor) with its long-lived sandbox, and the spawn path that starts a process without
+//!   forking the server.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`state`]: the shared server state the adapters and the server read.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.

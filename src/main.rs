@@ -55,6 +55,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // pid 1 of a worker's long-lived sandbox: not a user command, so not in the help.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            rexd::execution::warm::init::SUBCOMMAND,
+        ))
+    {
+        return ExitCode::from(rexd::execution::warm::init::main() as u8);
+    }
     let cli = Cli::parse();
     match cli.command {
         // Builds everything serve reads at start-up, token files and variables included.

@@ -7,52 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
 use common::exec::{
     self, ActionBuilder, operations_client, outside_dir, run, sh, start, start_plain, status_code,
     wait_for_stage,
 };
-use rexd::config::{Config, InstanceConfig, SandboxMode};
-use rexd::execution::sandbox::Backend;
+use common::sandboxed::{output, processes_with, start_sandboxed};
+use rexd::config::{InstanceConfig, SandboxMode};
 use rexd::proto::longrunning::CancelOperationRequest;
 use rexd::proto::remote_execution::execution_stage::Value as Stage;
 use tonic::Code;
-
-/// rexd with namespaces, or `None` (loudly) where bubblewrap cannot work here.
-async fn start_sandboxed(edit: impl FnOnce(&mut Config)) -> Option<TestServer> {
-    let server = TestServer::start_with(edit).await;
-    let backend = server
-        .ctx
-        .execution
-        .as_ref()
-        .unwrap()
-        .sandbox_backend()
-        .clone();
-    if backend == Backend::Plain {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "bubblewrap does not work on this CI machine (install bubblewrap, allow user namespaces)"
-        );
-        eprintln!(
-            "SKIPPED: bubblewrap namespaces are unavailable here (apt-get install -y bubblewrap)"
-        );
-        return None;
-    }
-    Some(server)
-}
-
-fn stdout_of(
-    result: &rexd::proto::remote_execution::ActionResult,
-) -> rexd::proto::remote_execution::Digest {
-    result.stdout_digest.clone().expect("stdout digest")
-}
-
-async fn output(server: &TestServer, action: &ActionBuilder) -> (i32, String) {
-    let response = run(server, action).await;
-    let result = response.result.expect("a result");
-    let text = String::from_utf8(exec::read_blob(server, &stdout_of(&result)).await).unwrap();
-    (result.exit_code, text)
-}
 
 fn bash(script: String) -> ActionBuilder {
     let mut action = sh(script);
@@ -114,16 +77,6 @@ async fn host_mode_cannot_write_outside_the_exec_root() {
 }
 
 /// Processes on the host whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker))
-        .collect()
-}
-
 fn orphan_maker(marker: &str) -> ActionBuilder {
     // The child detaches into its own session, as a daemon would.
     sh(format!("setsid sh {marker}.sh & sleep 1000")).file(&format!("{marker}.sh"), b"sleep 1000\n")
@@ -312,7 +265,8 @@ async fn chroot_mode_sees_only_the_input_root() {
     request.instance_name = "bst".into();
     let response = exec::execute(&server, request).await;
     let result = response.result.expect("a result");
-    let text = String::from_utf8(exec::read_blob(&server, &stdout_of(&result)).await).unwrap();
+    let stdout = result.stdout_digest.clone().expect("stdout digest");
+    let text = String::from_utf8(exec::read_blob(&server, &stdout).await).unwrap();
     assert!(
         text.contains("marker.txt"),
         "ls / shows the input root: {text}"

@@ -41,6 +41,7 @@ async fn rexd_spawn_ms(dir: &std::path::Path) -> f64 {
             cwd: dir.to_path_buf(),
             stdout: std::fs::File::create(dir.join("out")).unwrap(),
             stderr: std::fs::File::create(dir.join("err")).unwrap(),
+            extra_fds: vec![],
             credentials: None,
             max_processes: None,
             max_memory: None,

@@ -172,6 +172,12 @@ pub struct SandboxConfig {
     pub max_output_size: ByteSize,
     /// Optional cap on each action process's address space.
     pub memory_limit: Option<ByteSize>,
+    /// Whether each worker keeps one bubblewrap sandbox for the actions that need only the
+    /// default view, instead of building one per action (see `execution::warm`).
+    pub reuse_sandboxes: bool,
+    /// The program run as pid 1 of such a sandbox; unset, this rexd binary. Only a program
+    /// that embeds rexd (the test suites) needs to name the rexd binary here.
+    pub init_program: Option<PathBuf>,
 }
 
 /// Which isolation mechanism the workers use.
@@ -193,6 +199,8 @@ impl Default for SandboxConfig {
             max_processes: 4096,
             max_output_size: ByteSize::gib(16),
             memory_limit: None,
+            reuse_sandboxes: true,
+            init_program: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod scheduler;
 pub mod spawn;
 pub mod spec;
 pub mod stage;
+pub mod warm;
 pub mod worker;
 
 use std::path::Path;

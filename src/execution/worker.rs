@@ -14,6 +14,7 @@ use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
 use crate::execution::stage;
+use crate::execution::warm::{WarmRun, WarmSandbox};
 use crate::offload::blocking;
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
 use crate::storage::ExecutableCache;
@@ -42,9 +43,10 @@ pub fn spawn_workers(ctx: WorkerContext, count: usize) {
         let ctx = ctx.clone();
         let name = format!("{host}/rexd-worker-{n} ({})", ctx.sandbox.backend.name());
         tokio::spawn(async move {
+            let mut warm = None;
             loop {
                 let job = ctx.scheduler.next().await;
-                run_job(&ctx, n, &name, &job).await;
+                run_job(&ctx, n, &name, &job, &mut warm).await;
                 ctx.scheduler.finished(&job);
             }
         });
@@ -55,7 +57,13 @@ fn now() -> Option<prost_types::Timestamp> {
     Some(SystemTime::now().into())
 }
 
-async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
+async fn run_job(
+    ctx: &WorkerContext,
+    slot: usize,
+    worker: &str,
+    job: &Job,
+    warm: &mut Option<WarmSandbox>,
+) {
     let Some(mut metadata) = completion::begin(job, worker) else {
         return; // Cancelled while queued.
     };
@@ -63,7 +71,7 @@ async fn run_job(ctx: &WorkerContext, slot: usize, worker: &str, job: &Job) {
     // and stderr files truncated): creating and deleting inodes per action is a large part of
     // a short action's cost on ext4, which scans recently deleted inodes on every create.
     let dir = ctx.work_dir.join(format!("slot-{slot}"));
-    let outcome = match execute(ctx, slot, job, &dir, &mut metadata).await {
+    let outcome = match execute(ctx, slot, job, &dir, &mut metadata, warm).await {
         Ok((result, error)) => RunOutcome { result, error },
         Err(e) => RunOutcome {
             result: ActionResult::default(),
@@ -90,6 +98,7 @@ async fn execute(
     job: &Job,
     dir: &std::path::Path,
     metadata: &mut ExecutedActionMetadata,
+    warm: &mut Option<WarmSandbox>,
 ) -> Result<(ActionResult, Option<Error>), Error> {
     let spec = &job.spec;
     let exec_root = dir.join("root");
@@ -136,20 +145,11 @@ async fn execute(
     // Execute.
     let started = SystemTime::now();
     metadata.execution_start_timestamp = Some(started.into());
-    let process = ctx.sandbox.command(
-        &spec.command,
-        &exec_root,
-        &spec.options,
-        run_as,
-        (stdout, stderr),
-    )?;
-    let end = runner::run(
-        process,
-        &spec.command.arguments[0],
-        spec.timeout,
-        &job.op.cancel,
-    )
-    .await;
+    let end = if ctx.sandbox.reusable_for(&spec.options) {
+        run_warm(ctx, warm, &exec_root, run_as, job, (stdout, stderr)).await
+    } else {
+        run_cold(ctx, &exec_root, run_as, job, (stdout, stderr)).await
+    };
     metadata.execution_completed_timestamp = now();
     if let (Some((uid, _)), Backend::Plain) = (run_as, &ctx.sandbox.backend) {
         // Without a pid namespace, a daemon that left the process group lives on; its uid
@@ -224,6 +224,75 @@ async fn execute(
         )));
     }
     Ok((result, status))
+}
+
+/// Runs the action in the worker's long-lived sandbox, starting one if there is none or the
+/// one there shows another exec root. If none can start, the server stops reusing
+/// sandboxes and this action gets one of its own.
+async fn run_warm(
+    ctx: &WorkerContext,
+    warm: &mut Option<WarmSandbox>,
+    exec_root: &std::path::Path,
+    run_as: Option<(u32, u32)>,
+    job: &Job,
+    stdio: (std::fs::File, std::fs::File),
+) -> Result<RunEnd, Error> {
+    if warm.as_ref().is_some_and(|w| !w.shows(exec_root)) {
+        *warm = None;
+    }
+    let sandbox = match warm {
+        Some(sandbox) => sandbox,
+        None => match WarmSandbox::start(&ctx.sandbox, exec_root, run_as).await {
+            Ok(started) => warm.insert(started),
+            Err(e) => {
+                ctx.sandbox.stop_reusing(&e);
+                return run_cold(ctx, exec_root, run_as, job, stdio).await;
+            }
+        },
+    };
+    let spec = &job.spec;
+    let run = sandbox
+        .run(
+            &spec.command,
+            (&stdio.0, &stdio.1),
+            spec.timeout,
+            &job.op.cancel,
+        )
+        .await;
+    match run {
+        WarmRun::Ran(end, reusable) => {
+            if !reusable {
+                *warm = None;
+            }
+            end
+        }
+        WarmRun::NotSent(e) => {
+            tracing::warn!(error = %e, "a long-lived sandbox was gone; running the action in a new one");
+            *warm = None;
+            run_cold(ctx, exec_root, run_as, job, stdio).await
+        }
+    }
+}
+
+/// Runs the action in a process (under bubblewrap, a sandbox) of its own.
+async fn run_cold(
+    ctx: &WorkerContext,
+    exec_root: &std::path::Path,
+    run_as: Option<(u32, u32)>,
+    job: &Job,
+    stdio: (std::fs::File, std::fs::File),
+) -> Result<RunEnd, Error> {
+    let spec = &job.spec;
+    let process = ctx
+        .sandbox
+        .command(&spec.command, exec_root, &spec.options, run_as, stdio)?;
+    runner::run(
+        process,
+        &spec.command.arguments[0],
+        spec.timeout,
+        &job.op.cancel,
+    )
+    .await
 }
 
 /// Stores a captured stdout/stderr file. A file whose content became a CAS blob (it may now

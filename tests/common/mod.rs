@@ -7,6 +7,7 @@ pub mod bst;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.
 pub mod fs;
+pub mod sandboxed;
 /// Helpers of the storage tests.
 pub mod storage;
 
@@ -54,6 +55,8 @@ impl TestServer {
         };
         config.storage.fsync = false;
         config.sandbox.run_as_uid_base = private_uid_base();
+        // This test binary is not rexd: the long-lived sandboxes' pid 1 is the real one.
+        config.sandbox.init_program = Some(env!("CARGO_BIN_EXE_rexd").into());
         edit(&mut config);
         let ctx = tokio::task::spawn_blocking(move || {
             rexd::server::open_context(rexd::config::Settings::new(config).expect("valid settings"))

@@ -15,7 +15,8 @@ struct ChildArgs {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     cwd: *const libc::c_char,
-    stdio: [RawFd; 3],
+    /// Placed at 0, 1, 2, ... in order.
+    fds: Vec<RawFd>,
     bind: Option<(*const libc::c_char, *const libc::c_char)>,
     ids: Option<(u32, u32)>,
     rlimits: Vec<(libc::c_int, u64)>,
@@ -51,11 +52,7 @@ pub(super) fn clone_child(
         argv: ptrs(&prepared.argv),
         envp: ptrs(&prepared.envp),
         cwd: prepared.cwd.as_ptr(),
-        stdio: [
-            prepared.stdio[0].as_raw_fd(),
-            prepared.stdio[1].as_raw_fd(),
-            prepared.stdio[2].as_raw_fd(),
-        ],
+        fds: prepared.fds.iter().map(|fd| fd.as_raw_fd()).collect(),
         bind: prepared
             .credentials
             .as_ref()
@@ -120,7 +117,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             return fail(args, 2);
         }
-        for (target, &fd) in args.stdio.iter().enumerate() {
+        for (target, &fd) in args.fds.iter().enumerate() {
             let target = target as RawFd;
             let rc = if fd == target {
                 libc::fcntl(fd, libc::F_SETFD, 0)

@@ -17,7 +17,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -55,7 +55,8 @@ pub struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
-    stdio: [OwnedFd; 3],
+    /// The child's descriptors 0, 1, 2 and then 3, 4, ... in this order.
+    fds: Vec<OwnedFd>,
     credentials: Option<Credentials>,
     /// `(resource, limit)` pairs, applied after the uid drop.
     rlimits: Vec<(libc::c_int, u64)>,
@@ -69,6 +70,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     pub stdout: std::fs::File,
     pub stderr: std::fs::File,
+    /// Descriptors the child gets as 3, 4, ... after stdio (a sandbox's control socket).
+    pub extra_fds: Vec<OwnedFd>,
     pub credentials: Option<Credentials>,
     pub max_processes: Option<u64>,
     pub max_memory: Option<u64>,
@@ -88,28 +91,7 @@ impl Spec {
     /// Builds the exec arguments. A program without a `/` is looked up in the action's own
     /// PATH, relative entries against its working directory, as `execvp` would in the child.
     pub fn prepare(self) -> io::Result<Prepared> {
-        let program = self.program.as_bytes();
-        let candidates = if program.contains(&b'/') {
-            vec![cstring("the program path", program)?]
-        } else {
-            let path = self
-                .env
-                .iter()
-                .find(|(name, _)| *name == "PATH")
-                .map_or(DEFAULT_PATH, |(_, value)| value.as_bytes());
-            path.split(|&b| b == b':')
-                .map(|dir| {
-                    let mut full = if dir.is_empty() {
-                        b".".to_vec()
-                    } else {
-                        dir.to_vec()
-                    };
-                    full.push(b'/');
-                    full.extend_from_slice(program);
-                    cstring("a PATH entry", &full)
-                })
-                .collect::<io::Result<_>>()?
-        };
+        let candidates = exec_candidates(self.program.as_bytes(), &self.env)?;
         let argv = std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| cstring("an argument", a.as_bytes()))
@@ -137,11 +119,58 @@ impl Spec {
             argv,
             envp,
             cwd: cstring("the working directory", self.cwd.as_os_str().as_bytes())?,
-            stdio: [stdin.into(), self.stdout.into(), self.stderr.into()],
+            fds: [stdin.into(), self.stdout.into(), self.stderr.into()]
+                .into_iter()
+                .chain(
+                    self.extra_fds
+                        .into_iter()
+                        .map(above_targets)
+                        .collect::<io::Result<Vec<_>>>()?,
+                )
+                .collect(),
             credentials: self.credentials,
             rlimits,
         })
     }
+}
+
+/// The paths to try for `program`, in order, as `execvp` would: the program itself if it
+/// has a `/`, else one per entry of the action's own PATH (relative entries against the
+/// working directory).
+pub fn exec_candidates(program: &[u8], env: &[(String, String)]) -> io::Result<Vec<CString>> {
+    if program.contains(&b'/') {
+        return Ok(vec![cstring("the program path", program)?]);
+    }
+    let path = env
+        .iter()
+        .find(|(name, _)| *name == "PATH")
+        .map_or(DEFAULT_PATH, |(_, value)| value.as_bytes());
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            let mut full = if dir.is_empty() {
+                b".".to_vec()
+            } else {
+                dir.to_vec()
+            };
+            full.push(b'/');
+            full.extend_from_slice(program);
+            cstring("a PATH entry", &full)
+        })
+        .collect()
+}
+
+/// The lowest descriptor number an extra descriptor is moved to before the clone, so that
+/// placing one at its target (3, 4, ...) never overwrites another still to be placed.
+const FIRST_FREE_FD: RawFd = 64;
+
+fn above_targets(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own makes a new one we then own.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 /// A running action process; killed (and reaped) if dropped before it was waited for.
@@ -166,6 +195,11 @@ impl Child {
             let mut ready = self.pidfd.readable().await?;
             ready.clear_ready();
         }
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.reaped || !matches!(self.try_reap(), Ok(None))
     }
 
     fn try_reap(&mut self) -> io::Result<Option<ExitStatus>> {
@@ -277,6 +311,7 @@ mod tests {
             cwd: dir.to_path_buf(),
             stdout: std::fs::File::create(dir.join("out")).unwrap(),
             stderr: std::fs::File::create(dir.join("err")).unwrap(),
+            extra_fds: Vec::new(),
             credentials: None,
             max_processes: None,
             max_memory: None,
