@@ -150,3 +150,24 @@ async fn a_sandbox_that_died_between_actions_is_replaced() {
     );
     assert!(third > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_cannot_reach_into_its_sandboxes_pid_1() {
+    let Some(server) = start_sandboxed(|c| c.execution.workers = 1).await else {
+        return;
+    };
+    // Its descriptors (the next action's stdout among them) and memory are off limits.
+    let probe = "cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+                 ls /proc/1/fd >/dev/null 2>&1 && echo fds-readable || echo fds-denied; \
+                 head -c1 /proc/1/mem >/dev/null 2>&1 && echo mem-readable || echo mem-denied";
+    let (code, text) = output(&server, &sh(probe)).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("sandbox-init"),
+        "pid 1 is the sandbox's init: {text}"
+    );
+    assert!(
+        text.contains("fds-denied") && text.contains("mem-denied"),
+        "{text}"
+    );
+}

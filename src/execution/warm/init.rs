@@ -38,7 +38,11 @@ pub fn main() -> i32 {
         libc::close(PROGRAM_FD);
         UnixStream::from_raw_fd(CONTROL_FD)
     };
-    if set_cloexec(&control).is_err() {
+    // Not dumpable: an action runs under this process's uid, and must not be able to
+    // ptrace it or write its memory through /proc to reach the next action's descriptors
+    // and processes. (The next action's exec resets the flag for the action itself.)
+    // SAFETY: prctl on this process's own flag.
+    if set_cloexec(&control).is_err() || unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } != 0 {
         return 1;
     }
     let devnull = match std::fs::File::open("/dev/null") {
