@@ -10,8 +10,9 @@
 #      fsync on), --jobs JOBS (default 8);
 #   3. rebuilds it after `bazel clean`, every action a remote cache hit.
 # Prints wall time and CPU (Bazel's server with its local children, and rexd with its
-# actions) for each step, how many of the cores were busy on average (anything on the machine),
-# and the ratios to the local build. Repeat with RUNS (default 1).
+# actions) for each step, rexd's own CPU per remote action (its threads, not the actions'
+# processes), how many of the cores were busy on average (anything on the machine), and the
+# ratios to the local build. Repeat with RUNS (default 1).
 #
 #   scripts/bazel-bench.sh
 #   LIBS=20 JOBS=16 RUNS=3 scripts/bazel-bench.sh
@@ -115,11 +116,12 @@ bz() {
 }
 common=(--color=no --curses=no --nosandbox_debug --incompatible_strict_action_env
   --experimental_repository_disable_download "--jobs=$jobs")
-# CPU seconds of a process and its reaped children.
+# CPU seconds of a process and its reaped children; with "own", of the process alone.
 cpu_of() {
-  local pid=$1
+  local pid=$1 own=${2:-}
   [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo 0; return; }
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13 + $14 + $15) / hz }' "/proc/$pid/stat"
+  awk -v hz="$(getconf CLK_TCK)" -v own="$own" \
+    '{ sub(/^.*\) /, ""); print ($12 + $13 + (own ? 0 : $14 + $15)) / hz }' "/proc/$pid/stat"
 }
 # CPU seconds the whole machine has spent busy (all cores, anything but idle and iowait).
 machine_busy() {
@@ -127,32 +129,39 @@ machine_busy() {
 }
 now() { date +%s.%N; }
 # step NAME ARGS...: one timed build; prints "NAME wall bazel-cpu rexd-cpu machine-busy
-# processes-line".
+# rexd-own-cpu processes-line".
 step() {
   local name=$1
   shift
   bz clean >/dev/null 2>&1
   local bazel_pid
   bazel_pid=$(bz info server_pid 2>/dev/null)
-  local b0 r0 m0 t0 t1 log
+  local b0 r0 o0 m0 t0 t1 log
   b0=$(cpu_of "$bazel_pid")
   m0=$(machine_busy)
   r0=$(cpu_of "$server_pid")
+  o0=$(cpu_of "$server_pid" own)
   log=$tmp/$name-$run.log
   t0=$(now)
   bz build "${common[@]}" --profile="$tmp/$name-$run.profile.json" "$@" //... >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   t1=$(now)
-  local b1 r1 m1
+  local b1 r1 o1 m1
   m1=$(machine_busy)
   b1=$(cpu_of "$bazel_pid")
   r1=$(cpu_of "$server_pid")
+  o1=$(cpu_of "$server_pid" own)
   awk -v n="$name" -v t0="$t0" -v t1="$t1" -v b0="$b0" -v b1="$b1" -v r0="$r0" \
-    -v r1="$r1" -v m0="$m0" -v m1="$m1" -v p="$(grep -o '[0-9]* processes.*' "$log" | tail -n 1)" \
-    'BEGIN { printf "%s %.2f %.2f %.2f %.2f %s\n", n, t1 - t0, b1 - b0, r1 - r0, m1 - m0, p }'
+    -v r1="$r1" -v o0="$o0" -v o1="$o1" -v m0="$m0" -v m1="$m1" \
+    -v p="$(grep -o '[0-9]* processes.*' "$log" | tail -n 1)" \
+    'BEGIN { printf "%s %.2f %.2f %.2f %.2f %.2f %s\n", n, t1 - t0, b1 - b0, r1 - r0, m1 - m0, o1 - o0, p }'
 }
 
 results=$tmp/results
 : >"$results"
+# One unrecorded local build first, so the first recorded one does not pay for a cold JVM
+# (which made run 1's local build 30-50% slower than later ones and flattered remote).
+echo "== warm-up (local, not recorded)" >&2
+run=0 step warmup --spawn_strategy=local >/dev/null
 for run in $(seq "$runs"); do
   echo "== run $run of $runs ($libs libraries, --jobs $jobs)" >&2
   step local --spawn_strategy=local | tee -a "$results" >&2
@@ -167,8 +176,8 @@ for run in $(seq "$runs"); do
 done
 
 echo
-echo "| step | wall (median) | vs local | CPU: Bazel + rexd (median) | cores busy | processes (last run) |"
-echo "|---|---|---|---|---|---|"
+echo "| step | wall (median) | vs local | CPU: Bazel + rexd (median) | rexd's own CPU per remote action | cores busy | processes (last run) |"
+echo "|---|---|---|---|---|---|---|"
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 local_wall=$(awk '$1 == "local" { print $2 }' "$results" | median)
 for s in local remote cached; do
@@ -176,7 +185,13 @@ for s in local remote cached; do
   bcpu=$(awk -v s=$s '$1 == s { print $3 }' "$results" | median)
   rcpu=$(awk -v s=$s '$1 == s { print $4 }' "$results" | median)
   busy=$(awk -v s=$s '$1 == s { print $5 / $2 }' "$results" | median)
-  procs=$(awk -v s=$s '$1 == s { $1 = $2 = $3 = $4 = $5 = ""; line = $0 } END { print line }' "$results" | sed 's/^ *//')
+  # rexd's own CPU (not its children's) per action it executed or answered from cache.
+  own=$(awk -v s=$s '$1 == s {
+      n = 0
+      if (match($0, /[0-9]+ remote( cache hit)?[,.]/)) n = substr($0, RSTART, RLENGTH) + 0
+      print (n ? $6 * 1000 / n : 0) }' "$results" | median)
+  procs=$(awk -v s=$s '$1 == s { $1 = $2 = $3 = $4 = $5 = $6 = ""; line = $0 } END { print line }' "$results" | sed 's/^ *//')
   awk -v s="$s" -v w="$wall" -v l="$local_wall" -v b="$bcpu" -v r="$rcpu" -v c="$busy" \
-    -v p="$procs" 'BEGIN { printf "| %s | %.2f s | %.2fx | %.1f + %.1f s | %.2f | %s |\n", s, w, w / l, b, r, c, p }'
+    -v o="$own" -v p="$procs" \
+    'BEGIN { printf "| %s | %.2f s | %.2fx | %.1f + %.1f s | %s | %.2f | %s |\n", s, w, w / l, b, r, (o > 0 ? sprintf("%.1f ms", o) : "-"), c, p }'
 done

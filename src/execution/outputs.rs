@@ -15,7 +15,7 @@ use crate::proto::remote_execution::{
     ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile,
     OutputSymlink, SymlinkNode, Tree, command::OutputDirectoryFormat,
 };
-use crate::storage::Cas;
+use crate::storage::{Cas, Unsynced};
 
 /// What the command said about an output path.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,10 @@ enum Declared {
 }
 
 /// Collects every declared output under `exec_root` into `result`; returns the total size
-/// of the output files.
+/// of the output files. They become durable with `unsynced`.
 pub fn collect(
     cas: &Cas,
+    unsynced: &mut Unsynced,
     function: DigestFunction,
     exec_root: &Path,
     command: &Command,
@@ -90,7 +91,7 @@ pub fn collect(
                     "output directory {path:?} is a regular file"
                 )));
             }
-            let digest = cas.adopt_file(&full, function)?;
+            let digest = cas.adopt_file(&full, function, unsynced)?;
             cas.pin([&digest]);
             total += digest.size();
             result.output_files.push(OutputFile {
@@ -107,7 +108,14 @@ pub fn collect(
                 )));
             }
             let mut tree = Tree::default();
-            let root = directory_of(cas, function, &full, &mut tree.children, &mut total)?;
+            let root = directory_of(
+                cas,
+                unsynced,
+                function,
+                &full,
+                &mut tree.children,
+                &mut total,
+            )?;
             tree.root = Some(root.clone());
             // Each distinct child once, as the spec asks of Tree.children.
             let mut seen = std::collections::HashSet::new();
@@ -137,6 +145,7 @@ pub fn collect(
 /// Directory (not `path`'s own) onto `children`.
 fn directory_of(
     cas: &Cas,
+    unsynced: &mut Unsynced,
     function: DigestFunction,
     path: &Path,
     children: &mut Vec<Directory>,
@@ -169,7 +178,7 @@ fn directory_of(
                 node_properties: None,
             });
         } else if kind.is_dir() {
-            let child = directory_of(cas, function, &at, children, total)?;
+            let child = directory_of(cas, unsynced, function, &at, children, total)?;
             let digest = Digest::of(function, &child.encode_to_vec());
             children.push(child);
             dir.directories.push(DirectoryNode {
@@ -177,7 +186,7 @@ fn directory_of(
                 digest: Some(digest.to_proto()),
             });
         } else if kind.is_file() {
-            let digest = cas.adopt_file(&at, function)?;
+            let digest = cas.adopt_file(&at, function, unsynced)?;
             cas.pin([&digest]);
             *total += digest.size();
             dir.files.push(FileNode {

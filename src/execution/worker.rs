@@ -18,7 +18,7 @@ use crate::execution::warm::{WarmRun, WarmSandbox};
 use crate::offload::blocking;
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
 use crate::storage::ExecutableCache;
-use crate::storage::{ActionCache, Cas};
+use crate::storage::{ActionCache, Cas, Unsynced};
 
 /// What workers share.
 #[derive(Clone)]
@@ -202,15 +202,24 @@ async fn execute(
             exit_code,
             ..Default::default()
         };
-        let stdout = adopt_output_stream(&cas, &dir.join("stdout"), function)?;
-        let stderr = adopt_output_stream(&cas, &dir.join("stderr"), function)?;
+        let mut unsynced = Unsynced::default();
+        let stdout = adopt_output_stream(&cas, &mut unsynced, &dir.join("stdout"), function)?;
+        let stderr = adopt_output_stream(&cas, &mut unsynced, &dir.join("stderr"), function)?;
         cas.pin([&stdout, &stderr]);
         result.stdout_digest = Some(stdout.to_proto());
         result.stderr_digest = Some(stderr.to_proto());
         let mut total = stdout.size() + stderr.size();
         if collect_outputs {
-            total += outputs::collect(&cas, function, &dir.join("root"), &command, &mut result)?;
+            total += outputs::collect(
+                &cas,
+                &mut unsynced,
+                function,
+                &dir.join("root"),
+                &command,
+                &mut result,
+            )?;
         }
+        cas.sync_adopted(unsynced)?;
         Ok((result, total))
     })
     .await;
@@ -300,10 +309,11 @@ async fn run_cold(
 /// one stays for reuse.
 fn adopt_output_stream(
     cas: &Cas,
+    unsynced: &mut Unsynced,
     path: &std::path::Path,
     function: crate::digest::DigestFunction,
 ) -> Result<crate::digest::Digest, Error> {
-    let digest = cas.adopt_file(path, function)?;
+    let digest = cas.adopt_file(path, function, unsynced)?;
     if digest.size() > 0 {
         std::fs::remove_file(path)
             .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;

@@ -19,7 +19,7 @@ pub mod verify;
 
 pub use action_cache::ActionCache;
 pub use asset_store::AssetStore;
-pub use blob_writer::BlobWriter;
+pub use blob_writer::{BlobWriter, Unsynced};
 pub use cas::{Cas, CasOptions, Lease};
 pub use executable::ExecutableCache;
 
