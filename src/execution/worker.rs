@@ -203,8 +203,9 @@ async fn execute(
             ..Default::default()
         };
         let mut unsynced = Unsynced::default();
-        let stdout = adopt_output_stream(&cas, &mut unsynced, &dir.join("stdout"), function)?;
-        let stderr = adopt_output_stream(&cas, &mut unsynced, &dir.join("stderr"), function)?;
+        let (stdout_path, stderr_path) = (dir.join("stdout"), dir.join("stderr"));
+        let stdout = cas.adopt_file(&stdout_path, function, &mut unsynced)?;
+        let stderr = cas.adopt_file(&stderr_path, function, &mut unsynced)?;
         cas.pin([&stdout, &stderr]);
         result.stdout_digest = Some(stdout.to_proto());
         result.stderr_digest = Some(stderr.to_proto());
@@ -220,6 +221,7 @@ async fn execute(
             )?;
         }
         cas.sync_adopted(unsynced)?;
+        forget_output_streams([(&stdout_path, stdout), (&stderr_path, stderr)])?;
         Ok((result, total))
     })
     .await;
@@ -304,21 +306,19 @@ async fn run_cold(
     .await
 }
 
-/// Stores a captured stdout/stderr file. A file whose content became a CAS blob (it may now
-/// be that blob, hardlinked) is unlinked here so the next action cannot truncate it; an empty
-/// one stays for reuse.
-fn adopt_output_stream(
-    cas: &Cas,
-    unsynced: &mut Unsynced,
-    path: &std::path::Path,
-    function: crate::digest::DigestFunction,
-) -> Result<crate::digest::Digest, Error> {
-    let digest = cas.adopt_file(path, function, unsynced)?;
-    if digest.size() > 0 {
-        std::fs::remove_file(path)
-            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+/// Unlinks the captured stdout and stderr files whose content became CAS blobs (they may now
+/// be those blobs, hardlinked), so the next action cannot truncate them; empty ones stay for
+/// reuse.
+fn forget_output_streams(
+    streams: [(&std::path::Path, crate::digest::Digest); 2],
+) -> Result<(), Error> {
+    for (path, digest) in streams {
+        if digest.size() > 0 {
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        }
     }
-    Ok(digest)
+    Ok(())
 }
 
 /// Empties a worker's exec root for the next action, or moves it to `keep` (a failed action's

@@ -17,34 +17,17 @@ use crate::storage::cas::BLOB_MODE;
 use crate::storage::disk::hash_reader;
 use crate::storage::stats::CasStats;
 
-/// Outputs adopted into the CAS but not yet made durable: one filesystem sync for all of an
-/// action's outputs ([`Cas::sync_adopted`]) instead of one per file, which on a virtual disk
-/// is a cache flush each.
+/// Outputs hashed for the CAS but not yet durable or visible: one filesystem sync for all of
+/// an action's outputs ([`Cas::sync_adopted`]) instead of one per file, which on a virtual
+/// disk is a cache flush each.
 #[derive(Default)]
 pub struct Unsynced {
-    /// Any adopted file, kept open to name the filesystem to sync.
+    /// One adopted file, kept open to name the filesystem to sync.
     any: Option<File>,
-}
-
-impl Unsynced {
-    fn note(&mut self, file: &File) {
-        if self.any.is_none() {
-            self.any = file.try_clone().ok();
-        }
-    }
+    files: Vec<(std::path::PathBuf, Digest)>,
 }
 
 impl Cas {
-    /// Makes every file adopted into `unsynced` durable (when fsync is on), before anything
-    /// that names them, such as an action-cache entry, is written.
-    pub fn sync_adopted(&self, unsynced: Unsynced) -> Result<(), Error> {
-        match unsynced.any {
-            Some(file) if self.inner.options.fsync => sync_filesystem(&file)
-                .map_err(|e| self.write_error("syncing an action's outputs", e)),
-            _ => Ok(()),
-        }
-    }
-
     /// Stores `data` under `digest` after checking that it hashes to it.
     pub fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
         let actual = Digest::of(digest.function(), data);
@@ -185,10 +168,9 @@ impl Cas {
         Ok(())
     }
 
-    /// Adds an existing file (an action's output) to the CAS, hashing it, and returns its
-    /// digest. The file is hardlinked into place (copied where a link is refused), made
-    /// read-only and owned by the server; it must not change afterwards. It is not yet
-    /// durable: [`Cas::sync_adopted`] makes all of `unsynced` durable at once.
+    /// Hashes an existing file (an action's output) for the CAS and returns its digest. The
+    /// file is made read-only and owned by the server; it must not change afterwards. It
+    /// enters the CAS with the rest of `unsynced` in [`Cas::sync_adopted`].
     pub fn adopt_file(
         &self,
         path: &Path,
@@ -199,11 +181,6 @@ impl Cas {
             File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let digest = hash_reader(&file, function)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        // Even a blob already present may have been adopted by another action a moment ago
-        // and not be durable yet; the sync covers it too. (An empty file has nothing to sync.)
-        if digest.size() > 0 {
-            unsynced.note(&file);
-        }
         if self.contains(&digest) {
             return Ok(digest);
         }
@@ -222,8 +199,35 @@ impl Cas {
         }
         fs::set_permissions(path, Permissions::from_mode(BLOB_MODE))
             .map_err(|e| Error::io(format!("making {} read-only", path.display()), e))?;
-        let dest = self.blob_path(&digest);
-        let linked = self.inner.index.insert_with(digest, true, || {
+        if unsynced.any.is_none() {
+            unsynced.any = Some(file);
+        }
+        unsynced.files.push((path.to_path_buf(), digest));
+        Ok(digest)
+    }
+
+    /// Makes every file adopted into `unsynced` durable with one filesystem sync (when fsync
+    /// is on), then links each into the CAS and pins it: a blob becomes visible only once it
+    /// is durable, as an uploaded one does.
+    pub fn sync_adopted(&self, unsynced: Unsynced) -> Result<(), Error> {
+        let Some(any) = unsynced.any else {
+            return Ok(());
+        };
+        if self.inner.options.fsync {
+            sync_filesystem(&any)
+                .map_err(|e| self.write_error("syncing an action's outputs", e))?;
+        }
+        for (path, digest) in &unsynced.files {
+            self.link_adopted(path, digest)?;
+        }
+        self.pin(unsynced.files.iter().map(|(_, d)| d));
+        Ok(())
+    }
+
+    /// Hardlinks an adopted file into place, or copies it where a link is refused.
+    fn link_adopted(&self, path: &Path, digest: &Digest) -> Result<(), Error> {
+        let dest = self.blob_path(digest);
+        let linked = self.inner.index.insert_with(*digest, true, || {
             let mut result = fs::hard_link(path, &dest);
             if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
                 create_parent(&dest)?;
@@ -244,12 +248,11 @@ impl Cas {
                 .map_err(|e| self.write_error("creating a temp file", e))?;
             fs::copy(path, tmp.path())
                 .map_err(|e| self.write_error(format!("storing output {}", path.display()), e))?;
-            self.publish(&digest, tmp)?;
-            return Ok(digest);
+            return self.publish(digest, tmp);
         }
         CasStats::add(&self.inner.stats.bytes_in, digest.size());
         self.maybe_evict();
-        Ok(digest)
+        Ok(())
     }
 }
 
@@ -381,30 +384,49 @@ fn mismatch(expected: &Digest, actual: &Digest) -> Error {
 mod tests {
     use super::*;
     use crate::storage::CasOptions;
+    use std::io::Read;
 
     #[test]
-    fn adopted_outputs_wait_for_one_sync_and_empty_ones_need_none() {
+    fn adopted_outputs_enter_the_cas_only_after_their_sync() {
         let dir = tempfile::tempdir().unwrap();
         let cas = Cas::open(&dir.path().join("data"), CasOptions::default()).unwrap();
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
-        let (empty, full) = (out.join("empty"), out.join("full"));
-        fs::write(&empty, b"").unwrap();
-        fs::write(&full, b"an output").unwrap();
         let f = DigestFunction::Sha256;
+        for (name, content) in [
+            ("a", &b"first output"[..]),
+            ("b", b"second"),
+            ("c", b"second"),
+        ] {
+            fs::write(out.join(name), content).unwrap();
+        }
 
         let mut unsynced = Unsynced::default();
-        cas.adopt_file(&empty, f, &mut unsynced).unwrap();
-        assert!(unsynced.any.is_none(), "an empty output has nothing to sync");
-        let digest = cas.adopt_file(&full, f, &mut unsynced).unwrap();
-        assert!(unsynced.any.is_some(), "a new output waits for the sync");
-        assert!(cas.contains(&digest));
+        let a = cas.adopt_file(&out.join("a"), f, &mut unsynced).unwrap();
+        let b = cas.adopt_file(&out.join("b"), f, &mut unsynced).unwrap();
+        let c = cas.adopt_file(&out.join("c"), f, &mut unsynced).unwrap();
+        assert_eq!(b, c, "the same content twice in one action");
+        assert!(
+            !cas.contains(&a) && !cas.contains(&b),
+            "visible before durable"
+        );
         cas.sync_adopted(unsynced).unwrap();
+        assert!(cas.contains(&a) && cas.contains(&b));
+        let mut stored = Vec::new();
+        cas.open_blob(&a)
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut stored)
+            .unwrap();
+        assert_eq!(stored, b"first output");
 
-        // The same content adopted again may still be in flight for its first adopter.
-        fs::write(out.join("again"), b"an output").unwrap();
+        // Content already stored needs nothing more.
+        fs::write(out.join("again"), b"first output").unwrap();
         let mut again = Unsynced::default();
-        cas.adopt_file(&out.join("again"), f, &mut again).unwrap();
-        assert!(again.any.is_some());
+        assert_eq!(
+            cas.adopt_file(&out.join("again"), f, &mut again).unwrap(),
+            a
+        );
+        assert!(again.files.is_empty() && again.any.is_none());
     }
 }
