@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "build/bazel/remote/execution/v2/remote_execution.proto",
     "build/bazel/remote/asset/v1/remote_asset.proto",
     "google/bytestream/bytestream.proto",
+    "google/devtools/remoteworkers/v1test2/bots.proto",
     "google/longrunning/operations.proto",
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",

@@ -17,7 +17,7 @@
 #   scripts/bazel-bench.sh
 #   LIBS=20 JOBS=16 RUNS=3 scripts/bazel-bench.sh
 #   BIN=/path/to/other/build/release scripts/bazel-bench.sh
-#   REXD_TOML='execution.workers = 4' scripts/bazel-bench.sh   extra rexd.toml lines (one per line)
+#   REXD_TOML='execution.local_workers = 4' scripts/bazel-bench.sh   extra rexd.toml lines (one per line)
 #   KEEP=/tmp/bench scripts/bazel-bench.sh    keep the workspace, the logs, Bazel's JSON
 #                                             profiles and rexd's logs in /tmp/bench
 set -euo pipefail

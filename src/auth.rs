@@ -26,6 +26,9 @@ pub enum Role {
     Execute,
     /// UpdateActionResult: writing the action cache directly.
     AcWrite,
+    /// The Bots service: taking leases and reporting their results, which end up in the
+    /// action cache.
+    Bot,
 }
 
 impl Role {
@@ -35,6 +38,7 @@ impl Role {
             Role::Write => "write",
             Role::Execute => "execute",
             Role::AcWrite => "ac-write",
+            Role::Bot => "bot",
         }
     }
 }

@@ -28,6 +28,7 @@
 
 pub mod asset;
 pub mod auth;
+pub mod bot;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -38,6 +38,16 @@ struct ServeArgs {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve(ServeArgs),
+    /// Run this host as a remote worker (a Remote Workers API bot) of a rexd server; its
+    /// storage, sandbox and `execution.local_workers` (concurrent leases) come from the
+    /// configuration as for a server, and `[worker]` says how to reach the server.
+    Worker {
+        /// The server, as grpc://HOST:PORT or grpcs://HOST:PORT; overrides `worker.server`.
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        store: ServeArgs,
+    },
     /// Check a configuration file and print the configuration in force.
     CheckConfig {
         /// The file to check.
@@ -80,6 +90,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Worker { server, store }) => worker(server, store),
         Some(Command::Verify { store, dry_run }) => verify(store, dry_run),
         None => serve(cli.serve),
     }
@@ -166,11 +177,20 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn worker(server: Option<String>, args: ServeArgs) -> ExitCode {
     limit_malloc_arenas();
     let Some(settings) = load_config(args) else {
         return ExitCode::FAILURE;
     };
+    let Some(server) = server.or_else(|| settings.written.worker.server.clone()) else {
+        eprintln!("rexd worker: name the server with --server grpc://HOST:PORT or worker.server");
+        return ExitCode::FAILURE;
+    };
+    block_on(rexd::bot::run(settings, server))
+}
+
+/// Runs `main` on a multi-threaded runtime, reporting its error.
+fn block_on(main: impl std::future::Future<Output = Result<(), rexd::Error>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -181,7 +201,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -189,6 +209,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    limit_malloc_arenas();
+    let Some(settings) = load_config(args) else {
+        return ExitCode::FAILURE;
+    };
+    block_on(run(settings))
 }
 
 async fn run(settings: Settings) -> Result<(), rexd::Error> {

@@ -27,6 +27,13 @@ pub mod google {
     pub mod bytestream {
         tonic::include_proto!("google.bytestream");
     }
+    pub mod devtools {
+        pub mod remoteworkers {
+            pub mod v1test2 {
+                tonic::include_proto!("google.devtools.remoteworkers.v1test2");
+            }
+        }
+    }
     pub mod longrunning {
         tonic::include_proto!("google.longrunning");
     }
@@ -38,6 +45,7 @@ pub mod google {
 pub use build::bazel::remote::asset::v1 as asset;
 pub use build::bazel::remote::execution::v2 as remote_execution;
 pub use build::bazel::semver;
+pub use google::devtools::remoteworkers::v1test2 as remoteworkers;
 pub use google::{bytestream, longrunning, rpc};
 
 /// Encoded `FileDescriptorSet` of every proto above, served by gRPC reflection.

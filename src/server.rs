@@ -24,7 +24,9 @@ use crate::proto::remote_execution::{
     action_cache_server::ActionCacheServer, capabilities_server::CapabilitiesServer,
     content_addressable_storage_server::ContentAddressableStorageServer,
 };
+use crate::proto::remoteworkers::bots_server::BotsServer;
 use crate::service::asset::{FetchService, PushService};
+use crate::service::bots::BotsService;
 use crate::service::{
     action_cache::ActionCacheService, bytestream::ByteStreamService,
     capabilities::CapabilitiesService, cas::CasService,
@@ -57,6 +59,7 @@ const SERVED: &[&str] = &[
 const SERVED_WITH_EXECUTION: &[&str] = &[
     "build.bazel.remote.execution.v2.Execution",
     "google.longrunning.Operations",
+    "google.devtools.remoteworkers.v1test2.Bots",
 ];
 
 /// Opens the stores under the configured data directory. Blocking; call before serving.
@@ -161,7 +164,7 @@ pub async fn run(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
     let order_saver = spawn_order_saver(ctx.cas.clone());
-    let (execution, operations) = match &ctx.execution {
+    let (execution, operations, bots) = match &ctx.execution {
         Some(engine) => {
             engine.start();
             (
@@ -173,9 +176,15 @@ pub async fn run(
                     OperationsServer::new(OperationsService::new(ctx.clone())),
                     authn.clone(),
                 )),
+                Some(InterceptedService::new(
+                    BotsServer::new(BotsService::new(ctx.clone()))
+                        .max_decoding_message_size(MAX_STREAM_MESSAGE)
+                        .max_encoding_message_size(MAX_STREAM_MESSAGE),
+                    authn.clone(),
+                )),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
 
     let mut builder = tonic::transport::Server::builder();
@@ -251,6 +260,7 @@ pub async fn run(
         ))
         .add_optional_service(execution)
         .add_optional_service(operations)
+        .add_optional_service(bots)
         .serve_with_incoming_shutdown(incoming, stop);
     // Once stopped, requests in flight get the grace period again to finish; a client holding
     // a stream open for longer (a stalled upload or download) must not keep rexd running.

@@ -573,7 +573,7 @@ async fn cancelling_a_running_operation_kills_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_operation_dequeues_it() {
-    let server = start_plain(|cfg| cfg.execution.workers = 1).await;
+    let server = start_plain(|cfg| cfg.execution.local_workers = Some(1)).await;
     let outside = outside_dir();
     let go = outside.path().join("go");
     let ran = outside.path().join("ran");
@@ -732,7 +732,7 @@ async fn identical_concurrent_executes_are_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_runs_first() {
-    let server = start_plain(|cfg| cfg.execution.workers = 1).await;
+    let server = start_plain(|cfg| cfg.execution.local_workers = Some(1)).await;
     let outside = outside_dir();
     let go = outside.path().join("go");
     let order = shared_file(&outside, "order");
@@ -762,7 +762,7 @@ async fn higher_priority_runs_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_resource_exhausted() {
     let server = start_plain(|cfg| {
-        cfg.execution.workers = 1;
+        cfg.execution.local_workers = Some(1);
         cfg.execution.max_queued = 1;
     })
     .await;

@@ -18,7 +18,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_resource_exhausted_with_retry_info() {
     let server = start_plain(|c| {
-        c.execution.workers = 1;
+        c.execution.local_workers = Some(1);
         c.execution.max_queued = 1;
     })
     .await;

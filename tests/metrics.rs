@@ -29,7 +29,7 @@ async fn metrics_server(workers: usize) -> (TestServer, SocketAddr) {
     let addr = free_port();
     let server = start_plain(|c| {
         c.metrics.listen = Some(addr);
-        c.execution.workers = workers;
+        c.execution.local_workers = Some(workers);
     })
     .await;
     // The metrics listener is bound inside the server task: wait until it answers.

@@ -18,7 +18,7 @@ async fn own_pid(server: &common::TestServer, nonce: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_its_actions_in_one_sandbox() {
-    let Some(server) = start_sandboxed(|c| c.execution.workers = 1).await else {
+    let Some(server) = start_sandboxed(|c| c.execution.local_workers = Some(1)).await else {
         return;
     };
     let first = own_pid(&server, "first").await;
@@ -32,7 +32,7 @@ async fn a_worker_runs_its_actions_in_one_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reuse_every_action_gets_a_new_sandbox() {
     let Some(server) = start_sandboxed(|c| {
-        c.execution.workers = 1;
+        c.execution.local_workers = Some(1);
         c.sandbox.reuse_sandboxes = false;
     })
     .await
@@ -46,7 +46,7 @@ async fn without_reuse_every_action_gets_a_new_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_an_action_leaves_reaches_the_next() {
-    let Some(server) = start_sandboxed(|c| c.execution.workers = 1).await else {
+    let Some(server) = start_sandboxed(|c| c.execution.local_workers = Some(1)).await else {
         return;
     };
     let marker = format!("leftover-{}", std::process::id());
@@ -114,7 +114,7 @@ fn sandbox_inits_of(uid: u32) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_that_died_between_actions_is_replaced() {
-    let Some(server) = start_sandboxed(|c| c.execution.workers = 1).await else {
+    let Some(server) = start_sandboxed(|c| c.execution.local_workers = Some(1)).await else {
         return;
     };
     if !nix::unistd::geteuid().is_root() {
@@ -153,7 +153,7 @@ async fn a_sandbox_that_died_between_actions_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_cannot_reach_into_its_sandboxes_pid_1() {
-    let Some(server) = start_sandboxed(|c| c.execution.workers = 1).await else {
+    let Some(server) = start_sandboxed(|c| c.execution.local_workers = Some(1)).await else {
         return;
     };
     // Its descriptors (the next action's stdout among them) and memory are off limits.

@@ -20,7 +20,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 async fn server(grace_secs: u64, workers: usize) -> TestServer {
     start_plain_isolated(|c| {
         c.limits.shutdown_grace_secs = grace_secs;
-        c.execution.workers = workers;
+        c.execution.local_workers = Some(workers);
     })
     .await
 }

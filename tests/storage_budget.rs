@@ -262,7 +262,7 @@ async fn inputs_of_a_running_action_are_not_evicted() {
     let server = start_plain(|c| {
         c.storage.max_size = ByteSize::kib(1024);
         c.storage.min_retention_secs = 0;
-        c.execution.workers = 2;
+        c.execution.local_workers = Some(2);
     })
     .await;
     let outside = outside_dir();

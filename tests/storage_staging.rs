@@ -24,7 +24,7 @@ impl Drop for ScratchLinks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_at_the_hardlink_limit_is_copied() {
     let server = TestServer::start_with(|c| {
-        c.execution.workers = 2;
+        c.execution.local_workers = Some(2);
     })
     .await;
     let content = b"an input whose inode has no links left\n".to_vec();
@@ -81,7 +81,7 @@ async fn action_cannot_change_its_read_only_input() {
     for backend in [SandboxBackend::Auto, SandboxBackend::Plain] {
         let server = TestServer::start_with(|c| {
             c.sandbox.backend = backend;
-            c.execution.workers = 2;
+            c.execution.local_workers = Some(2);
         })
         .await;
         let content = format!("the original input ({backend:?})\n").into_bytes();

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use super::{Config, ConfigError};
 use crate::auth::Authenticator;
+use crate::execution::bots::BotLimits;
 use crate::execution::registry::RetentionLimits;
 use crate::execution::spec::SpecLimits;
 use crate::storage::CasOptions;
 use crate::storage::uploads::UploadLimits;
 
-/// Worker slots per CPU when the config says `workers = 0`. A slot is not busy on the CPU
+/// Worker slots per CPU when the config leaves `local_workers` unset. A slot is not busy on the CPU
 /// all the time it holds an action (staging, sandbox start, storing outputs, waiting for
 /// the client's next request), so one per CPU left cores idle: with Bazel on the same
 /// 2-core machine, 4 per CPU took a cold remote build from 1.82x to 1.60x local.
@@ -45,8 +46,9 @@ pub struct Settings {
 pub struct ExecutionSettings {
     pub limits: SpecLimits,
     pub retention: RetentionLimits,
-    /// Local worker slots in force (`workers = 0` resolved to [`SLOTS_PER_CPU`] per CPU).
+    /// Local worker slots in force (unset resolved to [`SLOTS_PER_CPU`] per CPU).
     pub workers: usize,
+    pub bots: BotLimits,
     /// The platform properties the workers offer.
     pub platform: BTreeMap<String, String>,
     pub max_queued: usize,
@@ -85,11 +87,13 @@ impl Settings {
                     max_count: exec.max_finished_operations,
                     max_bytes: exec.max_finished_operations_size.as_u64(),
                 },
-                workers: match exec.workers {
-                    0 => {
-                        std::thread::available_parallelism().map_or(1, |n| n.get()) * SLOTS_PER_CPU
-                    }
-                    n => n,
+                workers: exec.local_workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get()) * SLOTS_PER_CPU
+                }),
+                bots: BotLimits {
+                    session_timeout: Duration::from_secs(exec.bot_session_timeout_secs),
+                    max_lease_retries: exec.max_lease_retries,
+                    max_sessions: exec.max_bot_sessions,
                 },
                 platform: exec.platform.clone().unwrap_or_else(host_platform),
                 max_queued: exec.max_queued,

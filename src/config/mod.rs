@@ -11,7 +11,9 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 mod checked;
+mod worker;
 pub use checked::{ExecutionSettings, Settings};
+pub use worker::WorkerConfig;
 
 /// The documented default configuration, shipped inside the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../config/rexd.toml");
@@ -65,6 +67,9 @@ pub struct Config {
     /// The instance names served; requests naming any other are rejected.
     #[serde(default = "default_instances")]
     pub instances: Vec<InstanceConfig>,
+    /// How `rexd worker` reaches its server; the server itself ignores it.
+    #[serde(default)]
+    pub worker: WorkerConfig,
 }
 
 /// Settings of the blob store and the gRPC limits derived from it.
@@ -102,8 +107,9 @@ impl Default for StorageConfig {
 pub struct ExecutionConfig {
     /// Serve the Execution API at all; off makes rexd a pure cache.
     pub enabled: bool,
-    /// Actions run at once; 0 means `SLOTS_PER_CPU` per CPU.
-    pub workers: usize,
+    /// Actions this host runs at once; unset means `SLOTS_PER_CPU` per CPU, 0 means none
+    /// (the server only schedules, for remote bots).
+    pub local_workers: Option<usize>,
     /// Timeout of an action that does not set one.
     pub default_timeout_secs: u64,
     /// Longest timeout an action may ask for; longer ones are rejected.
@@ -123,13 +129,19 @@ pub struct ExecutionConfig {
     /// Platform properties the workers offer; an action asking for anything else is
     /// rejected. Unset means `OSFamily = "linux"` and the host's `ISA`.
     pub platform: Option<std::collections::BTreeMap<String, String>>,
+    /// A bot session that has not reported for this long expires and loses its leases.
+    pub bot_session_timeout_secs: u64,
+    /// How often an action may be lost with a bot before it fails with UNAVAILABLE.
+    pub max_lease_retries: u32,
+    /// Most bot sessions at once; more get RESOURCE_EXHAUSTED.
+    pub max_bot_sessions: usize,
 }
 
 impl Default for ExecutionConfig {
     fn default() -> Self {
         ExecutionConfig {
             enabled: true,
-            workers: 0,
+            local_workers: None,
             default_timeout_secs: 600,
             max_timeout_secs: 3600,
             max_queued: 10_000,
@@ -139,6 +151,9 @@ impl Default for ExecutionConfig {
             directory_cache_size: ByteSize::mib(8),
             keep_failed_action_dirs: false,
             platform: None,
+            bot_session_timeout_secs: 30,
+            max_lease_retries: 3,
+            max_bot_sessions: 1000,
         }
     }
 }

@@ -50,7 +50,10 @@ pub async fn finish(
     mut metadata: ExecutedActionMetadata,
 ) -> bool {
     let op = &job.op;
-    metadata.worker_completed_timestamp = Some(std::time::SystemTime::now().into());
+    // A bot reports its own; a local worker finishes now.
+    metadata
+        .worker_completed_timestamp
+        .get_or_insert_with(|| std::time::SystemTime::now().into());
     let phases = Phases::of(&metadata);
     outcome.result.execution_metadata = Some(metadata);
     let failed = outcome.failed();

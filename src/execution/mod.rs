@@ -2,6 +2,7 @@
 //! and the local workers that stage, run and collect actions. [`Engine`] is the one door
 //! into all of it.
 
+pub mod bots;
 pub mod completion;
 pub mod input_tree;
 pub mod operations;
@@ -44,6 +45,8 @@ pub struct Engine {
     directories: input_tree::DirectoryCache,
     workers: worker::WorkerContext,
     worker_count: usize,
+    /// Remote bots, the second kind of executor.
+    bots: Arc<bots::BotFarm>,
 }
 
 /// An Execute call, validated by the adapter.
@@ -82,14 +85,23 @@ impl Engine {
         let sandbox = Arc::new(sandbox::Sandbox::detect(sandbox_config)?);
         Ok(Engine {
             limits: config.limits,
+            bots: Arc::new(bots::BotFarm::new(
+                config.bots.clone(),
+                config.platform.clone(),
+                scheduler.clone(),
+                cas.clone(),
+                ac.clone(),
+            )),
             workers: worker::WorkerContext {
-                cas,
+                slots: worker::Slots {
+                    cas,
+                    exec_cache,
+                    work_dir,
+                    keep_failed_action_dirs: config.keep_failed_action_dirs,
+                    sandbox: sandbox.clone(),
+                },
                 ac,
                 scheduler: scheduler.clone(),
-                exec_cache,
-                work_dir,
-                keep_failed_action_dirs: config.keep_failed_action_dirs,
-                sandbox: sandbox.clone(),
             },
             sandbox,
             directories: input_tree::DirectoryCache::new(config.directory_cache_bytes),
@@ -115,7 +127,7 @@ impl Engine {
         let name = instance.name.clone();
         if !skip_cache_lookup {
             let (cas, ac, inst) = (
-                self.workers.cas.clone(),
+                self.workers.slots.cas.clone(),
                 self.workers.ac.clone(),
                 name.clone(),
             );
@@ -134,7 +146,7 @@ impl Engine {
         let this = self.clone();
         let spec = blocking(move || {
             spec::load(
-                &this.workers.cas,
+                &this.workers.slots.cas,
                 &this.directories,
                 &instance,
                 &this.sandbox,
@@ -195,9 +207,14 @@ impl Engine {
         self.scheduler.running()
     }
 
-    /// Workers running actions.
+    /// Local worker slots.
     pub fn worker_count(&self) -> usize {
         self.worker_count
+    }
+
+    /// The remote bots' sessions and leases.
+    pub fn bots(&self) -> &Arc<bots::BotFarm> {
+        &self.bots
     }
 
     /// Graceful stop: accepts no new actions, fails queued ones at once, lets running ones
@@ -234,8 +251,9 @@ impl Engine {
     pub fn start(&self) {
         worker::spawn_workers(self.workers.clone(), self.worker_count);
         self.operations().spawn_expiry();
+        self.bots.spawn_expiry();
         tracing::info!(
-            workers = self.worker_count,
+            local_workers = self.worker_count,
             platform = ?self.scheduler.platform(),
             sandbox = self.sandbox.backend.name(),
             "execution enabled"

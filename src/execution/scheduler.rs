@@ -4,6 +4,7 @@
 //! actions, so it is bounded by `max_queued` plus the workers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -21,6 +22,10 @@ pub struct Job {
     pub spec: ActionSpec,
     pub op: Arc<OperationState>,
     pub queued_at: SystemTime,
+    /// Its place in the queue, kept so a job a bot lost goes back where it was.
+    key: QueueKey,
+    /// How often a bot lost it (its session expired while it held the lease).
+    pub lost: AtomicU32,
 }
 
 /// Queue order: the lowest `ExecutionPolicy.priority` value first, then the oldest.
@@ -123,6 +128,8 @@ impl Scheduler {
                 spec,
                 op: op.clone(),
                 queued_at: SystemTime::now(),
+                key,
+                lost: AtomicU32::new(0),
             }),
         );
         drop(state);
@@ -157,21 +164,57 @@ impl Scheduler {
     pub async fn next(&self) -> Arc<Job> {
         loop {
             let notified = self.available.notified();
-            {
-                let mut state = self.state.lock().unwrap();
-                if let Some((_, job)) = state.queue.pop_first() {
-                    state.queued_keys.remove(&job.op.name);
-                    state.running += 1;
-                    let more = !state.queue.is_empty();
-                    drop(state);
-                    if more {
-                        self.available.notify_one();
-                    }
-                    return job;
-                }
+            if let Some(job) = self.try_next() {
+                return job;
             }
             notified.await;
         }
+    }
+
+    /// The next action to run, if one is waiting. Every executor offers the server's
+    /// platform (a bot must, to join), so the queue's head suits whoever asks.
+    pub fn try_next(&self) -> Option<Arc<Job>> {
+        let mut state = self.state.lock().unwrap();
+        let (_, job) = state.queue.pop_first()?;
+        state.queued_keys.remove(&job.op.name);
+        state.running += 1;
+        let more = !state.queue.is_empty();
+        drop(state);
+        if more {
+            self.available.notify_one();
+        }
+        Some(job)
+    }
+
+    /// Waits until an action is waiting or `deadline` passes; for a bot's long poll, which
+    /// then takes it with [`Scheduler::try_next`].
+    pub async fn wait_for_work(&self, deadline: tokio::time::Instant) {
+        let notified = self.available.notified();
+        if self.queued() > 0 {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+
+    /// Puts back a running job its executor lost (a bot that stopped reporting), ahead of
+    /// those queued after it. `false` if it is done or the server is shutting down: it is
+    /// then finished, and its operation is the caller's to complete.
+    pub fn requeue(&self, job: Arc<Job>) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.closed || job.op.is_done() {
+            drop(state);
+            self.finished(&job);
+            return false;
+        }
+        state.running -= 1;
+        state.queued_keys.insert(job.op.name.clone(), job.key);
+        state.queue.insert(job.key, job);
+        drop(state);
+        self.available.notify_one();
+        true
     }
 
     /// Called by a worker when it is done with a job, whatever the outcome.

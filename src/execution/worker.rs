@@ -13,24 +13,33 @@ use crate::execution::outputs;
 use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
+use crate::execution::spec::ActionSpec;
 use crate::execution::stage;
 use crate::execution::warm::{WarmRun, WarmSandbox};
 use crate::offload::blocking;
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
 use crate::storage::ExecutableCache;
 use crate::storage::{ActionCache, Cas, Unsynced};
+use tokio_util::sync::CancellationToken;
 
-/// What workers share.
+/// What running an action on this host needs, whoever scheduled it: the server's local
+/// workers, or a `rexd worker` bot serving another server's leases.
 #[derive(Clone)]
-pub struct WorkerContext {
+pub struct Slots {
     pub cas: Cas,
-    pub ac: ActionCache,
-    pub scheduler: Arc<Scheduler>,
     pub exec_cache: Arc<ExecutableCache>,
-    /// Parent of the per-action directories.
+    /// Parent of the per-slot directories.
     pub work_dir: PathBuf,
     pub keep_failed_action_dirs: bool,
     pub sandbox: Arc<Sandbox>,
+}
+
+/// What the server's local workers share.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub slots: Slots,
+    pub ac: ActionCache,
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// Starts `count` workers; they run until the runtime shuts down.
@@ -41,7 +50,10 @@ pub fn spawn_workers(ctx: WorkerContext, count: usize) {
         .unwrap_or_else(|| "localhost".into());
     for n in 0..count {
         let ctx = ctx.clone();
-        let name = format!("{host}/rexd-worker-{n} ({})", ctx.sandbox.backend.name());
+        let name = format!(
+            "{host}/rexd-worker-{n} ({})",
+            ctx.slots.sandbox.backend.name()
+        );
         tokio::spawn(async move {
             let mut warm = None;
             loop {
@@ -67,40 +79,60 @@ async fn run_job(
     let Some(mut metadata) = completion::begin(job, worker) else {
         return; // Cancelled while queued.
     };
-    // Each worker reuses one directory (its exec root emptied after every action, its stdout
-    // and stderr files truncated): creating and deleting inodes per action is a large part of
-    // a short action's cost on ext4, which scans recently deleted inodes on every create.
-    let dir = ctx.work_dir.join(format!("slot-{slot}"));
-    let outcome = match execute(ctx, slot, job, &dir, &mut metadata, warm).await {
-        Ok((result, error)) => RunOutcome { result, error },
-        Err(e) => RunOutcome {
-            result: ActionResult::default(),
-            error: Some(e),
-        },
-    };
-    let failed = completion::finish(&ctx.ac, job, outcome, metadata).await;
-    let keep = (failed && ctx.keep_failed_action_dirs).then(|| {
-        ctx.work_dir
-            .join(format!("failed-{}", uuid::Uuid::new_v4()))
-    });
-    let _ = blocking(move || {
-        reset_slot(&dir, keep.as_deref());
-        Ok(())
-    })
-    .await;
+    let outcome = ctx
+        .slots
+        .run(slot, &job.spec, &job.op.cancel, &mut metadata, warm)
+        .await;
+    completion::finish(&ctx.ac, job, outcome, metadata).await;
+}
+
+impl Slots {
+    /// Runs `spec` in slot `slot` (stage, execute, collect outputs into the CAS), filling in
+    /// the phase timestamps, and empties the slot for the next action.
+    pub async fn run(
+        &self,
+        slot: usize,
+        spec: &ActionSpec,
+        cancel: &CancellationToken,
+        metadata: &mut ExecutedActionMetadata,
+        warm: &mut Option<WarmSandbox>,
+    ) -> RunOutcome {
+        // Each slot reuses one directory (its exec root emptied after every action, its
+        // stdout and stderr files truncated): creating and deleting inodes per action is a
+        // large part of a short action's cost on ext4, which scans recently deleted inodes on
+        // every create.
+        let dir = self.work_dir.join(format!("slot-{slot}"));
+        let outcome = match execute(self, slot, spec, cancel, &dir, metadata, warm).await {
+            Ok((result, error)) => RunOutcome { result, error },
+            Err(e) => RunOutcome {
+                result: ActionResult::default(),
+                error: Some(e),
+            },
+        };
+        let keep = (outcome.failed() && self.keep_failed_action_dirs).then(|| {
+            self.work_dir
+                .join(format!("failed-{}", uuid::Uuid::new_v4()))
+        });
+        let _ = blocking(move || {
+            reset_slot(&dir, keep.as_deref());
+            Ok(())
+        })
+        .await;
+        outcome
+    }
 }
 
 /// The phases of one action. Errors that stop the action before it produced a result come
 /// back as `Err`; a result with an error status (timeout, cancel) comes back as `Ok`.
 async fn execute(
-    ctx: &WorkerContext,
+    ctx: &Slots,
     slot: usize,
-    job: &Job,
+    spec: &ActionSpec,
+    cancel: &CancellationToken,
     dir: &std::path::Path,
     metadata: &mut ExecutedActionMetadata,
     warm: &mut Option<WarmSandbox>,
 ) -> Result<(ActionResult, Option<Error>), Error> {
-    let spec = &job.spec;
     let exec_root = dir.join("root");
     let run_as = ctx.sandbox.run_as(slot);
     // Inputs stay in the CAS while the action runs.
@@ -146,9 +178,18 @@ async fn execute(
     let started = SystemTime::now();
     metadata.execution_start_timestamp = Some(started.into());
     let end = if ctx.sandbox.reusable_for(&spec.options) {
-        run_warm(ctx, warm, &exec_root, run_as, job, (stdout, stderr)).await
+        run_warm(
+            ctx,
+            warm,
+            &exec_root,
+            run_as,
+            spec,
+            cancel,
+            (stdout, stderr),
+        )
+        .await
     } else {
-        run_cold(ctx, &exec_root, run_as, job, (stdout, stderr)).await
+        run_cold(ctx, &exec_root, run_as, spec, cancel, (stdout, stderr)).await
     };
     metadata.execution_completed_timestamp = now();
     if let (Some((uid, _)), Backend::Plain) = (run_as, &ctx.sandbox.backend) {
@@ -241,11 +282,12 @@ async fn execute(
 /// one there shows another exec root. If none can start, the server stops reusing
 /// sandboxes and this action gets one of its own.
 async fn run_warm(
-    ctx: &WorkerContext,
+    ctx: &Slots,
     warm: &mut Option<WarmSandbox>,
     exec_root: &std::path::Path,
     run_as: Option<(u32, u32)>,
-    job: &Job,
+    spec: &ActionSpec,
+    cancel: &CancellationToken,
     stdio: (std::fs::File, std::fs::File),
 ) -> Result<RunEnd, Error> {
     if warm.as_ref().is_some_and(|w| !w.shows(exec_root)) {
@@ -257,18 +299,12 @@ async fn run_warm(
             Ok(started) => warm.insert(started),
             Err(e) => {
                 ctx.sandbox.stop_reusing(&e);
-                return run_cold(ctx, exec_root, run_as, job, stdio).await;
+                return run_cold(ctx, exec_root, run_as, spec, cancel, stdio).await;
             }
         },
     };
-    let spec = &job.spec;
     let run = sandbox
-        .run(
-            &spec.command,
-            (&stdio.0, &stdio.1),
-            spec.timeout,
-            &job.op.cancel,
-        )
+        .run(&spec.command, (&stdio.0, &stdio.1), spec.timeout, cancel)
         .await;
     match run {
         WarmRun::Ran(end, reusable) => {
@@ -280,30 +316,24 @@ async fn run_warm(
         WarmRun::NotSent(e) => {
             tracing::warn!(error = %e, "a long-lived sandbox was gone; running the action in a new one");
             *warm = None;
-            run_cold(ctx, exec_root, run_as, job, stdio).await
+            run_cold(ctx, exec_root, run_as, spec, cancel, stdio).await
         }
     }
 }
 
 /// Runs the action in a process (under bubblewrap, a sandbox) of its own.
 async fn run_cold(
-    ctx: &WorkerContext,
+    ctx: &Slots,
     exec_root: &std::path::Path,
     run_as: Option<(u32, u32)>,
-    job: &Job,
+    spec: &ActionSpec,
+    cancel: &CancellationToken,
     stdio: (std::fs::File, std::fs::File),
 ) -> Result<RunEnd, Error> {
-    let spec = &job.spec;
     let process = ctx
         .sandbox
         .command(&spec.command, exec_root, &spec.options, run_as, stdio)?;
-    runner::run(
-        process,
-        &spec.command.arguments[0],
-        spec.timeout,
-        &job.op.cancel,
-    )
-    .await
+    runner::run(process, &spec.command.arguments[0], spec.timeout, cancel).await
 }
 
 /// Unlinks the captured stdout and stderr files whose content became CAS blobs (they may now

@@ -4,6 +4,7 @@
 
 pub mod action_cache;
 pub mod asset;
+pub mod bots;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;

@@ -109,17 +109,18 @@ fn walk_tree(cas: &Cas, root: &Digest) -> Result<Vec<Directory>, Error> {
     Ok(out)
 }
 
-/// Every blob an action result refers to that is absent from the CAS, including the files
-/// inside output directory trees; a tree blob that does not decode counts as absent. Empty
-/// means the result is safe to serve.
-pub fn missing_blobs_of_result(
+/// Every blob `result` names, reading its output trees from `cas` to find their files; trees
+/// (or Directory blobs) that are absent or do not decode come back in the second list, since
+/// what they name cannot be known.
+pub fn blobs_of_result(
     cas: &Cas,
     function: DigestFunction,
     result: &ActionResult,
-) -> Result<Vec<Digest>, Error> {
-    let mut wanted = Vec::new();
+) -> Result<(Vec<Digest>, Vec<Digest>), Error> {
+    let mut named = Vec::new();
+    let mut unreadable = Vec::new();
     for file in &result.output_files {
-        wanted.push(Digest::from_required(
+        named.push(Digest::from_required(
             function,
             file.digest.as_ref(),
             "output file",
@@ -129,9 +130,8 @@ pub fn missing_blobs_of_result(
         .into_iter()
         .flatten()
     {
-        wanted.push(Digest::from_proto(function, d)?);
+        named.push(Digest::from_proto(function, d)?);
     }
-    let mut missing = cas.find_missing(&wanted);
     for out in &result.output_directories {
         if let Some(tree_digest) = &out.tree_digest {
             let tree_digest = Digest::from_proto(function, tree_digest)?;
@@ -145,15 +145,29 @@ pub fn missing_blobs_of_result(
                     .ok()
             });
             match files {
-                Some(files) => missing.extend(cas.find_missing(&files)),
-                None => missing.push(tree_digest),
+                Some(files) => {
+                    named.push(tree_digest);
+                    named.extend(files);
+                }
+                None => unreadable.push(tree_digest),
             }
         }
         if let Some(root) = &out.root_directory_digest {
             let root = Digest::from_proto(function, root)?;
-            missing.extend(missing_in_directory_tree(cas, &root)?);
+            walk_directory_tree(cas, &root, &mut named, &mut unreadable)?;
         }
     }
+    Ok((named, unreadable))
+}
+
+/// The blobs `result` names that `cas` lacks: a result missing any is not to be served.
+pub fn missing_blobs_of_result(
+    cas: &Cas,
+    function: DigestFunction,
+    result: &ActionResult,
+) -> Result<Vec<Digest>, Error> {
+    let (named, mut missing) = blobs_of_result(cas, function, result)?;
+    missing.extend(cas.find_missing(&named));
     Ok(missing)
 }
 
@@ -173,8 +187,21 @@ fn read_usable<M: Message + Default>(cas: &Cas, digest: &Digest) -> Result<Optio
 /// Blobs missing (or unusable, reported as missing) under a tree stored as separate Directory
 /// blobs.
 pub fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>, Error> {
+    let (mut named, mut missing) = (Vec::new(), Vec::new());
+    walk_directory_tree(cas, root, &mut named, &mut missing)?;
+    missing.extend(cas.find_missing(&named));
+    Ok(missing)
+}
+
+/// Adds to `named` the Directory blobs under `root` (itself first) and their files; a
+/// Directory that is absent or does not decode goes to `unreadable` instead.
+fn walk_directory_tree(
+    cas: &Cas,
+    root: &Digest,
+    named: &mut Vec<Digest>,
+    unreadable: &mut Vec<Digest>,
+) -> Result<(), Error> {
     let function = root.function();
-    let mut missing = Vec::new();
     let mut seen = HashSet::from([*root]);
     let mut stack = vec![*root];
     while let Some(digest) = stack.pop() {
@@ -194,15 +221,16 @@ pub fn missing_in_directory_tree(cas: &Cas, root: &Digest) -> Result<Vec<Digest>
             Some((files, children))
         });
         let Some((files, children)) = parsed else {
-            missing.push(digest);
+            unreadable.push(digest);
             continue;
         };
-        missing.extend(cas.find_missing(&files));
+        named.push(digest);
+        named.extend(files);
         for child in children {
             if seen.insert(child) {
                 stack.push(child);
             }
         }
     }
-    Ok(missing)
+    Ok(())
 }

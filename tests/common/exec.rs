@@ -28,7 +28,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub async fn start_plain(edit: impl FnOnce(&mut Config)) -> TestServer {
     TestServer::start_with(|cfg| {
         cfg.sandbox.backend = SandboxBackend::Plain;
-        cfg.execution.workers = 2;
+        cfg.execution.local_workers = Some(2);
         edit(cfg);
     })
     .await

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bazel;
+pub mod bots;
 pub mod bst;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.

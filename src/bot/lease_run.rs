@@ -1,0 +1,181 @@
+//! One lease on the worker: fetch the action and the inputs it lacks into the local CAS,
+//! load and check it as the server would, run it in a slot, upload its outputs, and build
+//! the result the lease reports.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::remote::RemoteCas;
+use crate::config::InstanceConfig;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::execution::bots::lease;
+use crate::execution::input_tree::DirectoryCache;
+use crate::execution::spec::{self, SpecLimits};
+use crate::execution::warm::WarmSandbox;
+use crate::execution::worker::Slots;
+use crate::offload::blocking;
+use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
+use crate::proto::remoteworkers::{Lease, LeaseState};
+
+/// Rounds of "load, fetch what is missing" before a lease is given up: each round reveals
+/// one more level of the input tree when GetTree could not provide it.
+const MAX_FETCH_ROUNDS: usize = 64;
+
+/// What every lease on this worker uses.
+pub struct Runner {
+    pub bot_id: String,
+    pub slots: Slots,
+    pub remote: RemoteCas,
+    pub instance: InstanceConfig,
+    pub limits: SpecLimits,
+    pub directories: DirectoryCache,
+}
+
+/// A slot of this worker and its long-lived sandbox, lent to one lease at a time.
+pub struct Slot {
+    pub index: usize,
+    pub warm: Option<WarmSandbox>,
+}
+
+impl Runner {
+    /// Runs the lease in `slot` and returns it COMPLETED, with its result and status.
+    pub async fn run(
+        self: &Arc<Self>,
+        lease: &Lease,
+        slot: &mut Slot,
+        cancel: &CancellationToken,
+    ) -> Lease {
+        let mut metadata = ExecutedActionMetadata {
+            worker: self.bot_id.clone(),
+            worker_start_timestamp: Some(SystemTime::now().into()),
+            ..Default::default()
+        };
+        let (result, error) = match self.attempt(lease, slot, cancel, &mut metadata).await {
+            Ok(done) => done,
+            Err(e) => (ActionResult::default(), Some(e)),
+        };
+        let mut result = result;
+        metadata.worker_completed_timestamp = Some(SystemTime::now().into());
+        result.execution_metadata = Some(metadata);
+        if let Some(e) = &error {
+            tracing::warn!(lease = %lease.id, error = %e, "lease ended with an error");
+        }
+        Lease {
+            id: lease.id.clone(),
+            state: LeaseState::Completed as i32,
+            result: Some(lease::encode_result(&result)),
+            status: Some(match &error {
+                Some(e) => lease::error_status(e),
+                None => crate::error::ok_status(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        lease: &Lease,
+        slot: &mut Slot,
+        cancel: &CancellationToken,
+        metadata: &mut ExecutedActionMetadata,
+    ) -> Result<(ActionResult, Option<Error>), Error> {
+        let (action_digest, inline) = lease::decode_payload(lease)?;
+        metadata.input_fetch_start_timestamp = Some(SystemTime::now().into());
+        if let Some(action) = inline {
+            let (cas, bytes) = (
+                self.slots.cas.clone(),
+                prost::Message::encode_to_vec(&action),
+            );
+            blocking(move || cas.put(&action_digest, &bytes)).await?;
+        }
+        let spec = self.load(action_digest).await?;
+        // Inputs stay in the local CAS while the action runs.
+        let _inputs = self.slots.cas.lease(spec.inputs.files.clone());
+        let fetch_started = metadata.input_fetch_start_timestamp;
+        let outcome = self
+            .slots
+            .run(slot.index, &spec, cancel, metadata, &mut slot.warm)
+            .await;
+        // The slot's phases are local; the lease's fetch and upload phases also cover the
+        // transfers from and to the server.
+        metadata.input_fetch_start_timestamp = fetch_started;
+        let function = action_digest.function();
+        let (cas, result) = (self.slots.cas.clone(), outcome.result.clone());
+        let (named, _) =
+            blocking(move || crate::storage::tree::blobs_of_result(&cas, function, &result))
+                .await?;
+        let sent = self.remote.upload_missing(&self.slots.cas, &named).await?;
+        metadata.output_upload_completed_timestamp = Some(SystemTime::now().into());
+        tracing::info!(lease = %lease.id, action = %action_digest, exit_code = outcome.result.exit_code, uploaded_blobs = sent.blobs, uploaded_bytes = sent.bytes, "lease ran");
+        Ok((outcome.result, outcome.error))
+    }
+
+    /// Loads the action from the local CAS, fetching from the server whatever is missing:
+    /// every Directory with one GetTree, then the files (and anything else still absent).
+    async fn load(self: &Arc<Self>, action_digest: Digest) -> Result<spec::ActionSpec, Error> {
+        let mut fetched = super::remote::Transferred::default();
+        let mut tree_fetched = false;
+        for _ in 0..MAX_FETCH_ROUNDS {
+            let this = self.clone();
+            let loaded = blocking(move || {
+                spec::load(
+                    &this.slots.cas,
+                    &this.directories,
+                    &this.instance,
+                    &this.slots.sandbox,
+                    action_digest,
+                    &this.limits,
+                )
+            })
+            .await;
+            match loaded {
+                Ok(spec) => {
+                    let (cas, files) = (self.slots.cas.clone(), spec.inputs.files.clone());
+                    let absent = cas.find_missing(&files);
+                    if absent.is_empty() {
+                        tracing::debug!(action = %action_digest, blobs = fetched.blobs, bytes = fetched.bytes, "inputs fetched");
+                        metrics::counter!("rexd_worker_fetched_bytes_total")
+                            .increment(fetched.bytes);
+                        metrics::counter!("rexd_worker_cache_hits_total")
+                            .increment((files.len() as u64).saturating_sub(fetched.blobs));
+                        return Ok(spec);
+                    }
+                    let got = self.remote.fetch_missing(&self.slots.cas, &absent).await?;
+                    fetched.blobs += got.blobs;
+                    fetched.bytes += got.bytes;
+                }
+                Err(Error::MissingBlobs(missing)) => {
+                    if !tree_fetched {
+                        let cas = self.slots.cas.clone();
+                        if let Some(root) =
+                            blocking(move || input_root(&cas, &action_digest)).await?
+                        {
+                            tree_fetched = true;
+                            self.remote.fetch_tree(&self.slots.cas, &root).await?;
+                        }
+                    }
+                    let got = self.remote.fetch_missing(&self.slots.cas, &missing).await?;
+                    fetched.blobs += got.blobs;
+                    fetched.bytes += got.bytes;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Upstream(format!(
+            "the inputs of {action_digest} were still incomplete after {MAX_FETCH_ROUNDS} fetches"
+        )))
+    }
+}
+
+/// The action's input root, once the Action itself is local.
+fn input_root(cas: &crate::storage::Cas, action_digest: &Digest) -> Result<Option<Digest>, Error> {
+    let action: Option<crate::proto::remote_execution::Action> =
+        crate::storage::tree::read_message(cas, action_digest, "action")?;
+    action
+        .and_then(|a| a.input_root_digest)
+        .map(|d| Digest::from_proto(action_digest.function(), &d))
+        .transpose()
+}
