@@ -9,7 +9,7 @@ seconds=${REXD_FUZZ_SECONDS:-60}
 export RUSTC_BOOTSTRAP=1
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(digest_parse resource_name directory_tree config_load)
+[ ${#targets[@]} -gt 0 ] || targets=(digest_parse resource_name directory_tree config_load bot_messages)
 
 h=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 seed() { mkdir -p "corpus/$1" && printf "$3" >"corpus/$1/seed-$2"; }
@@ -32,6 +32,10 @@ seed directory_tree built '\1\0\0\0\0\0\0\0\0'
 mkdir -p corpus/config_load && cp ../config/rexd.toml corpus/config_load/seed-default
 seed config_load instances '[[instances]]\nname = "a/b"\nallow_ac_updates = false\n'
 seed config_load storage '[storage]\nmax_batch_total_size = "8MiB"\nlow_water_percent = 80\n'
+
+# bot_messages: an UpdateBotSessionRequest (name "botSessions/s") holding one COMPLETED lease
+# whose result is an empty ActionResult.
+seed bot_messages lease '\n\015botSessions/s\022\113*\111:\001l\020\004J\102\n\100type.googleapis.com/build.bazel.remote.execution.v2.ActionResult'
 
 cargo fuzz build
 for t in "${targets[@]}"; do

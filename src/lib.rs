@@ -17,7 +17,8 @@
 //! - [`execution`]: the [`execution::Engine`] front door; action specs, the scheduler that
 //!   hands actions to executors that ask for work, operations, the local worker (the first
 //!   executor) with its long-lived sandbox, and the spawn path that starts a process without
-//!   forking the server.
+//!   forking the server; remote bots over the Remote Workers API are the second executor.
+//! - [`bot`]: `rexd worker`, the bot that runs another rexd's actions on its host.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`state`]: the shared server state the adapters and the server read.
 //! - [`server`]: wires the services onto a listener and runs until shutdown.

@@ -128,9 +128,10 @@ pub async fn run(
                 .map_err(|e| Error::io("metrics address", e))?;
             tracing::info!(%addr, "metrics and /healthz on plain HTTP");
             metrics::handle();
+            let scraped = ctx.clone();
             Some(tokio::spawn(metrics::serve(
                 http,
-                ctx.clone(),
+                Arc::new(move || metrics::render(&scraped)),
                 shutting_down.clone(),
             )))
         }

@@ -225,3 +225,59 @@ async fn buildstream_remote_execution() {
 
     server.stop().await;
 }
+
+/// The same build with every action on a `rexd worker` (chroot mode there too): the server
+/// only schedules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildstream_remote_execution_through_a_remote_worker() {
+    let Some(_) = bst::bst_or_skip() else { return };
+    let server = TestServer::start_with(|cfg| {
+        cfg.instances.push(rexd::config::InstanceConfig {
+            name: INSTANCE.into(),
+            sandbox: rexd::config::SandboxMode::Chroot,
+            ..rexd::config::InstanceConfig::named(INSTANCE)
+        });
+        cfg.execution.local_workers = Some(0);
+        cfg.execution.operation_ttl_secs = 24 * 3600;
+    })
+    .await;
+    let worker = common::bots::WorkerProcess::start_sandboxed(
+        &server.url(),
+        "bst-bot",
+        2,
+        &format!(
+            "instance_name = {INSTANCE:?}\n[[instances]]\nname = {INSTANCE:?}\nsandbox = \"chroot\"\n"
+        ),
+    );
+    let engine: Arc<Engine> = server.ctx.execution.clone().expect("execution is enabled");
+    let url = format!("http://{}", server.addr);
+    tokio::task::spawn_blocking(move || {
+        let project = Project::new().with_remote_execution(&url, INSTANCE);
+        let run = bst::build(&project, "main.bst");
+        run.assert_success(&project);
+        let workers: BTreeSet<String> = engine
+            .operations()
+            .list(INSTANCE)
+            .into_iter()
+            .filter_map(|op| match op.progress() {
+                Progress::Completed(response) if !response.cached_result => response
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.execution_metadata.as_ref())
+                    .map(|m| m.worker.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            workers,
+            BTreeSet::from(["bst-bot".to_string()]),
+            "every execution should have run on the remote worker; its log:\n{}",
+            worker.log()
+        );
+        let out = project.scratch("checkout");
+        bst::checkout(&project, "main.bst", &out).assert_success(&project);
+        assert_main_artifact(&out);
+    })
+    .await
+    .unwrap();
+}

@@ -31,7 +31,7 @@ fn writes_output() -> ActionBuilder {
 #[tokio::test]
 async fn actions_run_on_a_remote_worker_which_the_metadata_names() {
     let server = scheduler_only(30, 3).await;
-    let _worker = WorkerProcess::start(&server.url(), "bot-a", 2, "");
+    let _worker = WorkerProcess::start(&server.url(), "bot-a", 2);
     let result = exec::run_ok(&server, &writes_output()).await;
     assert_eq!(
         exec::read_text(&server, &result.stdout_digest).await,
@@ -63,8 +63,8 @@ async fn actions_run_on_a_remote_worker_which_the_metadata_names() {
 #[tokio::test]
 async fn actions_spread_over_several_workers() {
     let server = scheduler_only(30, 3).await;
-    let _a = WorkerProcess::start(&server.url(), "bot-a", 1, "");
-    let _b = WorkerProcess::start(&server.url(), "bot-b", 1, "");
+    let _a = WorkerProcess::start(&server.url(), "bot-a", 1);
+    let _b = WorkerProcess::start(&server.url(), "bot-b", 1);
     let signals = exec::outside_dir();
     let go = signals.path().join("go");
     // Two actions that each hold their slot until both have started: only two single-slot
@@ -353,7 +353,7 @@ async fn a_killed_worker_s_action_completes_on_another() {
     ))
     .build();
     prepared.upload(&server).await;
-    let mut doomed = WorkerProcess::start(&server.url(), "doomed", 1, "");
+    let mut doomed = WorkerProcess::start(&server.url(), "doomed", 1);
     let stream = exec::start(&server, prepared.request()).await.unwrap();
     exec::eventually("the action started on the first worker", || {
         !exec::lines(&started).is_empty()
@@ -361,7 +361,7 @@ async fn a_killed_worker_s_action_completes_on_another() {
     .await;
     doomed.kill(); // SIGKILL: no goodbye, the session just stops reporting.
     std::fs::write(&go, "").unwrap();
-    let _survivor = WorkerProcess::start(&server.url(), "survivor", 1, "");
+    let _survivor = WorkerProcess::start(&server.url(), "survivor", 1);
     let updates = exec::collect(stream).await;
     let response = exec::response(updates.last().unwrap());
     let result = response.result.expect("a result");
@@ -376,7 +376,7 @@ async fn a_killed_worker_s_action_completes_on_another() {
 #[tokio::test]
 async fn cancelling_an_operation_kills_the_action_on_its_worker() {
     let server = scheduler_only(30, 3).await;
-    let worker = WorkerProcess::start(&server.url(), "bot-c", 1, "");
+    let worker = WorkerProcess::start(&server.url(), "bot-c", 1);
     let signals = exec::outside_dir();
     let pid_file = exec::shared_file(&signals, "pid");
     let prepared = sh(format!(
@@ -409,4 +409,59 @@ async fn cancelling_an_operation_kills_the_action_on_its_worker() {
         worker.log().contains("cancelled")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tokens_with_the_bot_role_open_bot_sessions() {
+    use rexd::auth::{Role, TokenConfig};
+    use sha2::Digest as _;
+    let token = |name: &str, secret: &str, roles: &[Role]| TokenConfig {
+        name: name.into(),
+        sha256: Some(hex::encode(sha2::Sha256::digest(secret.as_bytes()))),
+        file: None,
+        env: None,
+        roles: [("*".to_string(), roles.iter().copied().collect())].into(),
+    };
+    let server = TestServer::start_with(|c| {
+        c.execution.local_workers = Some(0);
+        c.auth.tokens = vec![
+            token(
+                "builder",
+                "builder-secret",
+                &[Role::Read, Role::Write, Role::Execute],
+            ),
+            token("bot", "bot-secret", &[Role::Read, Role::Write, Role::Bot]),
+        ];
+    })
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let with_token = |bot: &str, secret: &str| {
+        let file = secrets.path().join(bot);
+        std::fs::write(&file, secret).unwrap();
+        WorkerProcess::start_in(
+            None,
+            &server.url(),
+            bot,
+            1,
+            "plain",
+            &format!("token_file = {file:?}\n"),
+        )
+    };
+    let mut builder = with_token("not-a-bot", "builder-secret");
+    let status = builder.child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a worker without the bot role kept running"
+    );
+    assert!(
+        builder.log().contains("PermissionDenied"),
+        "{}",
+        builder.log()
+    );
+    let bot = with_token("real-bot", "bot-secret");
+    exec::eventually("the bot opened its session", || {
+        bot.log().contains("bot session open")
+    })
+    .await;
+    assert_eq!(server.ctx.execution.as_ref().unwrap().bots().sessions(), 1);
 }

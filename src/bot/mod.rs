@@ -95,6 +95,17 @@ pub async fn run(settings: Settings, server: String) -> Result<(), Error> {
         directories: DirectoryCache::new(settings.execution.directory_cache_bytes),
     });
     let worker = describe(&settings, slot_count);
+    if let Some(addr) = written.metrics.listen {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("binding the metrics listener {addr}"), e))?;
+        crate::server::metrics::handle();
+        tokio::spawn(crate::server::metrics::serve(
+            http,
+            Arc::new(|| crate::server::metrics::handle().render()),
+            Arc::default(),
+        ));
+    }
     tracing::info!(%server, bot = %bot_id, slots = slot_count, sandbox = sandbox.backend.name(), "rexd worker starting");
     let held = Arc::new(Mutex::new(Held {
         leases: BTreeMap::new(),

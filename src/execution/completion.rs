@@ -55,6 +55,7 @@ pub async fn finish(
         .worker_completed_timestamp
         .get_or_insert_with(|| std::time::SystemTime::now().into());
     let phases = Phases::of(&metadata);
+    let worker = metadata.worker.clone();
     outcome.result.execution_metadata = Some(metadata);
     let failed = outcome.failed();
     let digest = job.spec.action_digest;
@@ -88,6 +89,7 @@ pub async fn finish(
         action = %digest,
         instance = %job.spec.instance,
         outcome = label,
+        worker = %worker,
         exit_code = outcome.result.exit_code,
         status = outcome.error.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "OK".into()),
         duration_ms = elapsed.as_millis() as u64,

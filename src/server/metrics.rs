@@ -67,17 +67,20 @@ pub fn render(ctx: &Context) -> String {
     handle().render()
 }
 
+/// What `/metrics` shows: the server's [`render`], or a worker's own counters.
+pub type Renderer = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves `/metrics` and `/healthz` until the listener is dropped with its task.
-pub async fn serve(listener: TcpListener, ctx: Context, shutting_down: Arc<AtomicBool>) {
+pub async fn serve(listener: TcpListener, render: Renderer, shutting_down: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let ctx = ctx.clone();
+        let render = render.clone();
         let shutting_down = shutting_down.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let response = respond(&ctx, &shutting_down, req.uri().path());
+                let response = respond(&render, &shutting_down, req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -88,9 +91,13 @@ pub async fn serve(listener: TcpListener, ctx: Context, shutting_down: Arc<Atomi
     }
 }
 
-fn respond(ctx: &Context, shutting_down: &AtomicBool, path: &str) -> http::Response<Full<Bytes>> {
+fn respond(
+    render: &Renderer,
+    shutting_down: &AtomicBool,
+    path: &str,
+) -> http::Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", render(ctx)),
+        "/metrics" => (200, "text/plain; version=0.0.4", render()),
         "/healthz" if shutting_down.load(Ordering::Relaxed) => {
             (503, "text/plain", "shutting down\n".to_string())
         }

@@ -143,6 +143,8 @@ pub fn bazel_or_skip() -> bool {
 pub struct Workspace {
     dir: tempfile::TempDir,
     used: std::cell::Cell<bool>,
+    /// The network namespace Bazel runs in, when not the test's own.
+    pub netns: Option<String>,
 }
 
 impl Workspace {
@@ -157,6 +159,7 @@ impl Workspace {
         Workspace {
             dir,
             used: std::cell::Cell::new(false),
+            netns: None,
         }
     }
 
@@ -376,7 +379,15 @@ fn run(ws: &Workspace, args: &[&str], log: bool) -> BazelRun {
     // One file for both streams keeps Bazel's own interleaving.
     let mut out = tempfile::tempfile().expect("temp file for bazel output");
     let start = Instant::now();
-    let mut child = Command::new(BAZEL)
+    let mut command = match &ws.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, BAZEL]);
+            c
+        }
+        None => Command::new(BAZEL),
+    };
+    let mut child = command
         .args(&full)
         .current_dir(ws.path())
         .stdin(Stdio::null())

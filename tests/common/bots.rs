@@ -21,22 +21,60 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `rexd worker` against `server_url` with `slots` concurrent leases, plain
-    /// processes and a private uid range; `extra` adds TOML lines to its config.
-    pub fn start(server_url: &str, bot_id: &str, slots: usize, extra: &str) -> Self {
+    /// processes and a private uid range.
+    pub fn start(server_url: &str, bot_id: &str, slots: usize) -> Self {
+        Self::start_in(None, server_url, bot_id, slots, "plain", "")
+    }
+
+    /// Like [`WorkerProcess::start`], with the sandbox's `auto` backend (bubblewrap where it
+    /// works) and `tables` (see [`WorkerProcess::start_in`]).
+    pub fn start_sandboxed(server_url: &str, bot_id: &str, slots: usize, tables: &str) -> Self {
+        Self::start_in(None, server_url, bot_id, slots, "auto", tables)
+    }
+
+    /// Like [`WorkerProcess::start`], on worker host `i` of `hosts`.
+    pub fn start_on_host(
+        hosts: &super::netns::Hosts,
+        i: usize,
+        bot_id: &str,
+        slots: usize,
+    ) -> Self {
+        let url = hosts.server_url_for(i);
+        Self::start_in(Some(&hosts.workers[i]), &url, bot_id, slots, "plain", "")
+    }
+
+    /// The general form: an optional network namespace, the sandbox backend, and `tables`,
+    /// TOML that continues the config's `[worker]` table and may add tables after it.
+    pub fn start_in(
+        netns: Option<&str>,
+        server_url: &str,
+        bot_id: &str,
+        slots: usize,
+        backend: &str,
+        tables: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "data_dir = {data:?}\nlog_level = \"info,rexd=debug\"\n{extra}\n\
+            "data_dir = {data:?}\nlog_level = \"info,rexd=debug\"\n\
              [storage]\nfsync = false\n\
              [execution]\nlocal_workers = {slots}\n\
-             [sandbox]\nbackend = \"plain\"\nrun_as_uid_base = {uid}\n\
-             [worker]\nbot_id = {bot_id:?}\n",
+             [sandbox]\nbackend = {backend:?}\nrun_as_uid_base = {uid}\n\
+             [worker]\nbot_id = {bot_id:?}\n{tables}\n",
             data = dir.path().join("data"),
             uid = super::private_uid_base(),
         );
         let config_path = dir.path().join("worker.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rexd"))
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_rexd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rexd")),
+        };
+        let child = command
             .args(["worker", "--server", server_url, "--config"])
             .arg(&config_path)
             .env_remove("RUST_LOG")

@@ -8,6 +8,7 @@ pub mod bst;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.
 pub mod fs;
+pub mod netns;
 pub mod sandboxed;
 /// Helpers of the storage tests.
 pub mod storage;
@@ -31,6 +32,8 @@ pub const CLIENT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The network namespace it serves in, when not the test's own.
+    pub netns: Option<String>,
     pub data_dir: TempDir,
     pub ctx: rexd::state::Context,
     shutdown: Option<oneshot::Sender<()>>,
@@ -50,6 +53,27 @@ impl TestServer {
 
     /// rexd on an existing data directory (for restart tests).
     pub async fn start_in(data_dir: TempDir, edit: impl FnOnce(&mut Config)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(data_dir, listener, None, edit).await
+    }
+
+    /// rexd on the server host of `hosts` (a namespace of its own), port
+    /// [`netns::SERVER_PORT`] on every address there.
+    pub async fn start_on_host(
+        hosts: &netns::Hosts,
+        data_dir: TempDir,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
+        let listener = tokio::net::TcpListener::from_std(hosts.server_listener()).unwrap();
+        Self::start_on(data_dir, listener, Some(hosts.server.clone()), edit).await
+    }
+
+    async fn start_on(
+        data_dir: TempDir,
+        listener: tokio::net::TcpListener,
+        netns: Option<String>,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             data_dir: Some(data_dir.path().to_path_buf()),
             ..Config::default()
@@ -65,7 +89,6 @@ impl TestServer {
         .await
         .unwrap()
         .expect("opening the stores");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(rexd::server::run(ctx.clone(), listener, async {
@@ -73,6 +96,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            netns,
             data_dir,
             ctx,
             shutdown: Some(tx),
@@ -93,6 +117,25 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
+        if let Some(ns) = &self.netns {
+            // Each connection's socket is made inside the server's namespace.
+            let (ns, port) = (ns.clone(), self.addr.port());
+            return Channel::from_static("http://server.invalid")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let ns = ns.clone();
+                    async move {
+                        let stream = netns::Hosts::inside(&ns, move || {
+                            std::net::TcpStream::connect(("127.0.0.1", port))
+                        })?;
+                        stream.set_nonblocking(true)?;
+                        let stream = tokio::net::TcpStream::from_std(stream)?;
+                        stream.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .expect("connecting to the test server in its namespace");
+        }
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()

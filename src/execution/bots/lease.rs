@@ -166,30 +166,15 @@ fn status_error(status: &rpc::Status, bot: &str) -> Error {
 }
 
 /// Checks a bot's result before it can reach the action cache: every path stays inside the
-/// exec root, and every blob it names is in this server's CAS.
-#[allow(deprecated)] // The older symlink lists are checked too, as clients may read them.
+/// exec root ([`check_paths`]), and every blob it names is in this server's CAS.
 pub fn check_result(
     cas: &crate::storage::Cas,
     function: DigestFunction,
     result: &ActionResult,
+    working_directory: &str,
     bot: &str,
 ) -> Result<(), Error> {
-    let paths = result
-        .output_files
-        .iter()
-        .map(|f| &f.path)
-        .chain(result.output_directories.iter().map(|d| &d.path))
-        .chain(result.output_symlinks.iter().map(|s| &s.path))
-        .chain(result.output_file_symlinks.iter().map(|s| &s.path))
-        .chain(result.output_directory_symlinks.iter().map(|s| &s.path));
-    for path in paths {
-        if !inside_exec_root(path) {
-            return Err(Error::Upstream(format!(
-                "bot {bot} reported output path {path:?}, which leaves the exec root; result \
-                 discarded"
-            )));
-        }
-    }
+    check_paths(result, working_directory, bot)?;
     let missing = crate::storage::tree::missing_blobs_of_result(cas, function, result)
         .map_err(|e| Error::Upstream(format!("bot {bot} reported an unusable result: {e}")))?;
     if let Some(first) = missing.first() {
@@ -202,13 +187,34 @@ pub fn check_result(
     Ok(())
 }
 
-/// A relative path of normal components: no root, no `.` or `..`, no empty parts.
-fn inside_exec_root(path: &str) -> bool {
+/// Every output path of `result` is relative and, taken from `working_directory` (as output
+/// paths are, `..` included), stays inside the exec root.
+#[allow(deprecated)] // The older symlink lists are checked too, as clients may read them.
+pub fn check_paths(result: &ActionResult, working_directory: &str, bot: &str) -> Result<(), Error> {
+    let paths = result
+        .output_files
+        .iter()
+        .map(|f| &f.path)
+        .chain(result.output_directories.iter().map(|d| &d.path))
+        .chain(result.output_symlinks.iter().map(|s| &s.path))
+        .chain(result.output_file_symlinks.iter().map(|s| &s.path))
+        .chain(result.output_directory_symlinks.iter().map(|s| &s.path));
+    for path in paths {
+        if !inside_exec_root(working_directory, path) {
+            return Err(Error::Upstream(format!(
+                "bot {bot} reported output path {path:?}, which leaves the exec root; result \
+                 discarded"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A relative path that, from `working_directory`, names the exec root or something in it.
+fn inside_exec_root(working_directory: &str, path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+        && crate::execution::spec::resolve_relative(working_directory, path).is_some()
 }
 
 #[cfg(test)]
@@ -217,10 +223,13 @@ mod tests {
 
     #[test]
     fn paths_must_stay_inside() {
-        assert!(inside_exec_root("out/a.o"));
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/"] {
-            assert!(!inside_exec_root(bad), "{bad:?}");
+        assert!(inside_exec_root("", "out/a.o"));
+        assert!(inside_exec_root("a/b", "."));
+        assert!(inside_exec_root("a/b", "../../install"));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x"] {
+            assert!(!inside_exec_root("", bad), "{bad:?}");
         }
+        assert!(!inside_exec_root("a/b", "../../../x"));
     }
 
     #[test]

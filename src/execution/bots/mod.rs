@@ -309,9 +309,9 @@ impl BotFarm {
                 job.spec.action_digest.function(),
                 result.clone(),
             );
-            let bot_name = bot.to_string();
+            let (bot_name, workdir) = (bot.to_string(), job.spec.command.working_directory.clone());
             let verdict = blocking(move || {
-                lease::check_result(&cas, function, &checked, &bot_name)?;
+                lease::check_result(&cas, function, &checked, &workdir, &bot_name)?;
                 Ok(())
             })
             .await;
@@ -342,7 +342,7 @@ impl BotFarm {
             }
             let job = held.job;
             let lost = job.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            metrics::counter!("rexd_lease_requeues_total").increment(1);
+            metrics::counter!("rexd_lease_requeues_total", "pool" => DEFAULT_POOL).increment(1);
             if lost > self.limits.max_lease_retries {
                 tracing::warn!(bot, operation = %job.op.name, lost, "action lost by bots too often; failing it");
                 job.op.complete(operations::execute_response(
@@ -397,8 +397,30 @@ impl BotFarm {
             tracing::info!(bot = %session.bot_id, session = %session.name, pool = %session.pool, leases = session.leases.len(), "bot left: its session expired");
             self.lose(session.leases.into_values().collect(), &session.bot_id);
         }
-        metrics::gauge!("rexd_bots_connected", "pool" => DEFAULT_POOL).set(self.sessions() as f64);
-        metrics::gauge!("rexd_bot_leases").set(self.leases() as f64);
+        self.record_gauges();
+    }
+
+    /// Bots connected and their leases by state, for `/metrics`.
+    fn record_gauges(&self) {
+        let (sessions, by_state) = {
+            let state = self.state.lock().unwrap();
+            let mut by_state = [0usize; 3];
+            for held in state.sessions.values().flat_map(|s| s.leases.values()) {
+                by_state[match held.state {
+                    LeaseState::Pending => 0,
+                    LeaseState::Active => 1,
+                    _ => 2,
+                }] += 1;
+            }
+            (state.sessions.len(), by_state)
+        };
+        metrics::gauge!("rexd_bots_connected", "pool" => DEFAULT_POOL).set(sessions as f64);
+        for (label, count) in ["pending", "active", "cancelled"]
+            .iter()
+            .zip(by_state.iter())
+        {
+            metrics::gauge!("rexd_bot_leases", "state" => *label).set(*count as f64);
+        }
     }
 
     /// Checks for expired sessions every second on the current runtime.
