@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{InstanceConfig, Settings};
 use crate::error::Error;
-use crate::execution::bots::SLOTS_PROPERTY;
+use crate::execution::bots::{SLOTS_PROPERTY, lease};
 use crate::execution::input_tree::DirectoryCache;
 use crate::execution::worker::Slots;
 use crate::offload::blocking;
 use crate::proto::remoteworkers::{
     BotSession, BotStatus, CreateBotSessionRequest, Lease, LeaseState, UpdateBotSessionRequest,
-    Worker, bots_client::BotsClient, worker,
+    Worker, bots_client::BotsClient,
 };
 use lease_run::{Runner, Slot};
 
@@ -63,29 +63,17 @@ pub async fn run(settings: Settings, server: String) -> Result<(), Error> {
         .unwrap_or_else(|| InstanceConfig::named(&instance_name));
     let data_dir = settings.data_dir.clone();
     let (cas_options, sandbox_config) = (settings.cas.clone(), written.sandbox.clone());
-    let (cas, exec_cache, sandbox, work_dir) = blocking(move || {
+    let keep_failed = settings.execution.keep_failed_action_dirs;
+    let slots = blocking(move || {
         let cas = crate::storage::Cas::open(&data_dir, cas_options)?;
-        let work_dir = crate::storage::layout::work(&data_dir);
-        if work_dir.exists() {
-            std::fs::remove_dir_all(&work_dir)
-                .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
-        }
-        crate::storage::ensure_private_dir(&work_dir)?;
-        let exec_cache = Arc::new(crate::storage::ExecutableCache::open(&data_dir)?);
-        let sandbox = Arc::new(crate::execution::sandbox::Sandbox::detect(&sandbox_config)?);
-        Ok((cas, exec_cache, sandbox, work_dir))
+        Slots::open(cas, &data_dir, &sandbox_config, keep_failed)
     })
     .await?;
+    let sandbox = slots.sandbox.clone();
     let slot_count = settings.execution.workers.max(1);
     let runner = Arc::new(Runner {
         bot_id: bot_id.clone(),
-        slots: Slots {
-            cas,
-            exec_cache,
-            work_dir,
-            keep_failed_action_dirs: settings.execution.keep_failed_action_dirs,
-            sandbox: sandbox.clone(),
-        },
+        slots,
         remote: remote::RemoteCas {
             channel: channel.clone(),
             instance: instance_name.clone(),
@@ -331,26 +319,13 @@ fn cancel_all(held: &Mutex<Held>) {
 
 /// What the worker offers: the server's platform keys as this host has them, and its slots.
 fn describe(settings: &Settings, slots: usize) -> Worker {
-    let mut properties: Vec<worker::Property> = settings
-        .execution
-        .platform
-        .iter()
-        .map(|(key, value)| worker::Property {
-            key: key.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    properties.push(worker::Property {
-        key: SLOTS_PROPERTY.into(),
-        value: slots.to_string(),
-    });
+    let platform = &settings.execution.platform;
     Worker {
-        properties,
         devices: vec![crate::proto::remoteworkers::Device {
             handle: host_name(),
             properties: Vec::new(),
         }],
-        ..Default::default()
+        ..lease::worker_with(platform, [(SLOTS_PROPERTY, slots.to_string())])
     }
 }
 

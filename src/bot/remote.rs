@@ -88,13 +88,9 @@ impl RemoteCas {
         local: &Cas,
         digests: &[Digest],
     ) -> Result<Transferred, Error> {
-        let mut missing = local.find_missing(digests);
-        missing.sort_unstable();
-        missing.dedup();
+        let (batches, large) = by_size(local.find_missing(digests));
         let mut done = Transferred::default();
-        let (small, large): (Vec<_>, Vec<_>) =
-            missing.into_iter().partition(|d| d.size() <= BATCH_BYTES);
-        for batch in batches(small) {
+        for batch in batches {
             let reply = self
                 .cas()
                 .batch_read_blobs(BatchReadBlobsRequest {
@@ -198,12 +194,9 @@ impl RemoteCas {
                 missing.push(Digest::from_proto(function, &d)?);
             }
         }
-        missing.sort_unstable();
-        missing.dedup();
+        let (batches, large) = by_size(missing);
         let mut done = Transferred::default();
-        let (small, large): (Vec<_>, Vec<_>) =
-            missing.into_iter().partition(|d| d.size() <= BATCH_BYTES);
-        for batch in batches(small) {
+        for batch in batches {
             let local_cas = local.clone();
             let wanted = batch.clone();
             let requests = crate::offload::blocking(move || {
@@ -298,11 +291,16 @@ fn prefix(instance: &str) -> String {
     }
 }
 
-/// Splits digests into runs whose sizes add up to at most [`BATCH_BYTES`].
-fn batches(digests: Vec<Digest>) -> Vec<Vec<Digest>> {
+/// The distinct digests of `digests`: those small enough for batch calls in runs whose sizes
+/// add up to at most [`BATCH_BYTES`], and the rest, which stream one by one.
+fn by_size(mut digests: Vec<Digest>) -> (Vec<Vec<Digest>>, Vec<Digest>) {
+    digests.sort_unstable();
+    digests.dedup();
+    let (small, large): (Vec<_>, Vec<_>) =
+        digests.into_iter().partition(|d| d.size() <= BATCH_BYTES);
     let mut out: Vec<Vec<Digest>> = Vec::new();
     let mut bytes = 0;
-    for d in digests {
+    for d in small {
         if out.is_empty() || bytes + d.size() > BATCH_BYTES {
             out.push(Vec::new());
             bytes = 0;
@@ -310,7 +308,7 @@ fn batches(digests: Vec<Digest>) -> Vec<Vec<Digest>> {
         bytes += d.size();
         out.last_mut().expect("pushed").push(d);
     }
-    out
+    (out, large)
 }
 
 fn upstream(status: tonic::Status) -> Error {

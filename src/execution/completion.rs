@@ -42,13 +42,13 @@ impl RunOutcome {
     }
 }
 
-/// Finishes `job` with what its executor reports; returns whether it failed.
+/// Finishes `job` with what its executor reports.
 pub async fn finish(
     ac: &ActionCache,
     job: &Job,
     mut outcome: RunOutcome,
     mut metadata: ExecutedActionMetadata,
-) -> bool {
+) {
     let op = &job.op;
     // A bot reports its own; a local worker finishes now.
     metadata
@@ -111,7 +111,6 @@ pub async fn finish(
         false,
         outcome.error,
     ));
-    failed
 }
 
 /// Where a finished action's time went, in microseconds, from the timestamps its executor

@@ -74,32 +74,24 @@ impl Engine {
             config.platform.clone(),
             config.max_queued,
         ));
-        let work_dir = crate::storage::layout::work(data_dir);
-        if work_dir.exists() {
-            // Directories of actions that were running when the server stopped.
-            std::fs::remove_dir_all(&work_dir)
-                .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
-        }
-        crate::storage::ensure_private_dir(&work_dir)?;
-        let exec_cache = Arc::new(crate::storage::ExecutableCache::open(data_dir)?);
-        let sandbox = Arc::new(sandbox::Sandbox::detect(sandbox_config)?);
+        let slots = worker::Slots::open(
+            cas.clone(),
+            data_dir,
+            sandbox_config,
+            config.keep_failed_action_dirs,
+        )?;
+        let sandbox = slots.sandbox.clone();
         Ok(Engine {
             limits: config.limits,
             bots: Arc::new(bots::BotFarm::new(
                 config.bots.clone(),
                 config.platform.clone(),
                 scheduler.clone(),
-                cas.clone(),
+                cas,
                 ac.clone(),
             )),
             workers: worker::WorkerContext {
-                slots: worker::Slots {
-                    cas,
-                    exec_cache,
-                    work_dir,
-                    keep_failed_action_dirs: config.keep_failed_action_dirs,
-                    sandbox: sandbox.clone(),
-                },
+                slots,
                 ac,
                 scheduler: scheduler.clone(),
             },

@@ -87,6 +87,30 @@ async fn run_job(
 }
 
 impl Slots {
+    /// Prepares the slots' directories under `data_dir` (blocking): the work directory,
+    /// emptied of actions that were running when the process stopped, the executable
+    /// copies, and the sandbox.
+    pub fn open(
+        cas: Cas,
+        data_dir: &std::path::Path,
+        sandbox: &crate::config::SandboxConfig,
+        keep_failed_action_dirs: bool,
+    ) -> Result<Slots, Error> {
+        let work_dir = crate::storage::layout::work(data_dir);
+        if work_dir.exists() {
+            std::fs::remove_dir_all(&work_dir)
+                .map_err(|e| Error::io(format!("clearing {}", work_dir.display()), e))?;
+        }
+        crate::storage::ensure_private_dir(&work_dir)?;
+        Ok(Slots {
+            cas,
+            exec_cache: Arc::new(ExecutableCache::open(data_dir)?),
+            work_dir,
+            keep_failed_action_dirs,
+            sandbox: Arc::new(Sandbox::detect(sandbox)?),
+        })
+    }
+
     /// Runs `spec` in slot `slot` (stage, execute, collect outputs into the CAS), filling in
     /// the phase timestamps, and empties the slot for the next action.
     pub async fn run(

@@ -47,25 +47,31 @@ pub fn payload(job: &Job) -> Any {
     any(DIGEST_TYPE, &job.spec.action_digest.to_proto())
 }
 
-/// The requirements of a lease for `job`: its platform and digest function.
-pub fn requirements(job: &Job) -> Worker {
-    let mut properties: Vec<_> = job
-        .spec
-        .platform
+/// A Worker with `platform` as its properties, then `extra`: what a lease requires, and
+/// what a bot offers.
+pub fn worker_with<'a>(
+    platform: &std::collections::BTreeMap<String, String>,
+    extra: impl IntoIterator<Item = (&'a str, String)>,
+) -> Worker {
+    let property = |key: &str, value: &str| worker::Property {
+        key: key.to_string(),
+        value: value.to_string(),
+    };
+    let properties = platform
         .iter()
-        .map(|(key, value)| worker::Property {
-            key: key.clone(),
-            value: value.clone(),
-        })
+        .map(|(k, v)| property(k, v))
+        .chain(extra.into_iter().map(|(k, v)| property(k, &v)))
         .collect();
-    properties.push(worker::Property {
-        key: DIGEST_FUNCTION_KEY.into(),
-        value: job.spec.action_digest.function().name().into(),
-    });
     Worker {
         properties,
         ..Default::default()
     }
+}
+
+/// The requirements of a lease for `job`: its platform and digest function.
+pub fn requirements(job: &Job) -> Worker {
+    let function = job.spec.action_digest.function().name().to_string();
+    worker_with(&job.spec.platform, [(DIGEST_FUNCTION_KEY, function)])
 }
 
 /// What a bot is asked to run: the action's digest and, when the payload carried it, the
