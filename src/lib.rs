@@ -14,8 +14,8 @@
 //! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks,
 //!   and the registry of live and interrupted ByteStream uploads.
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
-//! - [`execution`]: the [`execution::Engine`] front door; action specs, the scheduler that
-//!   hands actions to executors that ask for work, operations, the local worker (the first
+//! - [`execution`]: the [`execution::Engine`] front door; action specs, the worker pools,
+//!   the scheduler that hands actions to the executors of a pool able to run them, operations, the local worker (the first
 //!   executor) with its long-lived sandbox, and the spawn path that starts a process without
 //!   forking the server; remote bots over the Remote Workers API are the second executor.
 //! - [`bot`]: `rexd worker`, the bot that runs another rexd's actions on its host.

@@ -154,7 +154,7 @@ async fn bots_that_describe_themselves_badly_are_refused() {
     expect_status(
         client.create_bot_session(create(elsewhere)).await,
         Code::FailedPrecondition,
-        &["every pool"],
+        &["no worker pool accepts"],
     );
     let unknown_instance = rw::CreateBotSessionRequest {
         parent: "nowhere".into(),

@@ -2,7 +2,7 @@
 //!
 //! [`Config`] is the TOML as written (seconds, byte sizes, optional paths); [`Settings`] holds
 //! every value in the form its user needs: `Duration`s, byte counts, the resolved data
-//! directory, the platform in force and the loaded token table. `check-config` builds it in
+//! directory, the platform and worker pools in force and the loaded token table. `check-config` builds it in
 //! full, so a file it accepts is one `serve` starts on.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::{Config, ConfigError};
 use crate::auth::Authenticator;
 use crate::execution::bots::BotLimits;
+use crate::execution::pools::{PoolId, Pools};
 use crate::execution::registry::RetentionLimits;
 use crate::execution::spec::SpecLimits;
 use crate::storage::CasOptions;
@@ -49,8 +50,12 @@ pub struct ExecutionSettings {
     /// Local worker slots in force (unset resolved to [`SLOTS_PER_CPU`] per CPU).
     pub workers: usize,
     pub bots: BotLimits,
-    /// The platform properties the workers offer.
+    /// The platform properties the local workers offer.
     pub platform: BTreeMap<String, String>,
+    /// The worker pools, and the one the local workers join (none if they fit none, which
+    /// is allowed only without local workers).
+    pub pools: Pools,
+    pub local_pool: Option<PoolId>,
     pub max_queued: usize,
     pub directory_cache_bytes: u64,
     pub keep_failed_action_dirs: bool,
@@ -66,6 +71,11 @@ impl Settings {
         let max_size = storage.max_size.as_u64();
         let exec = &written.execution;
         let limits = &written.limits;
+        let workers = exec.local_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get()) * SLOTS_PER_CPU
+        });
+        let platform = exec.platform.clone().unwrap_or_else(host_platform);
+        let (pools, local_pool) = super::pools::resolve(&exec.pools, &platform, workers)?;
         Ok(Settings {
             data_dir: written
                 .data_dir
@@ -87,15 +97,15 @@ impl Settings {
                     max_count: exec.max_finished_operations,
                     max_bytes: exec.max_finished_operations_size.as_u64(),
                 },
-                workers: exec.local_workers.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get()) * SLOTS_PER_CPU
-                }),
+                workers,
                 bots: BotLimits {
                     session_timeout: Duration::from_secs(exec.bot_session_timeout_secs),
                     max_lease_retries: exec.max_lease_retries,
                     max_sessions: exec.max_bot_sessions,
                 },
-                platform: exec.platform.clone().unwrap_or_else(host_platform),
+                platform,
+                pools,
+                local_pool,
                 max_queued: exec.max_queued,
                 directory_cache_bytes: exec.directory_cache_size.as_u64(),
                 keep_failed_action_dirs: exec.keep_failed_action_dirs,

@@ -11,8 +11,10 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 mod checked;
+mod pools;
 mod worker;
 pub use checked::{ExecutionSettings, Settings};
+pub use pools::PoolConfig;
 pub use worker::WorkerConfig;
 
 /// The documented default configuration, shipped inside the binary.
@@ -135,6 +137,8 @@ pub struct ExecutionConfig {
     pub max_lease_retries: u32,
     /// Most bot sessions at once; more get RESOURCE_EXHAUSTED.
     pub max_bot_sessions: usize,
+    /// Worker pools; empty means one pool, `default`, offering `platform`.
+    pub pools: Vec<PoolConfig>,
 }
 
 impl Default for ExecutionConfig {
@@ -154,6 +158,7 @@ impl Default for ExecutionConfig {
             bot_session_timeout_secs: 30,
             max_lease_retries: 3,
             max_bot_sessions: 1000,
+            pools: Vec::new(),
         }
     }
 }

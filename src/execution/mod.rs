@@ -7,6 +7,7 @@ pub mod completion;
 pub mod input_tree;
 pub mod operations;
 pub mod outputs;
+pub mod pools;
 pub mod registry;
 pub mod runner;
 pub mod sandbox;
@@ -71,7 +72,7 @@ impl Engine {
         let operations = Operations::new(config.retention);
         let scheduler = Arc::new(Scheduler::new(
             operations,
-            config.platform.clone(),
+            config.pools.clone(),
             config.max_queued,
         ));
         let slots = worker::Slots::open(
@@ -85,7 +86,6 @@ impl Engine {
             limits: config.limits,
             bots: Arc::new(bots::BotFarm::new(
                 config.bots.clone(),
-                config.platform.clone(),
                 scheduler.clone(),
                 cas,
                 ac.clone(),
@@ -94,6 +94,7 @@ impl Engine {
                 slots,
                 ac,
                 scheduler: scheduler.clone(),
+                pool: config.local_pool.unwrap_or_default(),
             },
             sandbox,
             directories: input_tree::DirectoryCache::new(config.directory_cache_bytes),
@@ -179,9 +180,9 @@ impl Engine {
         self.scheduler.operations()
     }
 
-    /// The platform properties the executors offer.
-    pub fn platform(&self) -> &std::collections::BTreeMap<String, String> {
-        self.scheduler.platform()
+    /// The worker pools and what each offers.
+    pub fn pools(&self) -> &pools::Pools {
+        self.scheduler.pools()
     }
 
     /// The isolation mechanism the local workers use.
@@ -246,7 +247,8 @@ impl Engine {
         self.bots.spawn_expiry();
         tracing::info!(
             local_workers = self.worker_count,
-            platform = ?self.scheduler.platform(),
+            local_pool = ?(self.worker_count > 0).then(|| self.pools().name(self.workers.pool)),
+            pools = ?self.pools().iter().map(|p| &p.name).collect::<Vec<_>>(),
             sandbox = self.sandbox.backend.name(),
             "execution enabled"
         );

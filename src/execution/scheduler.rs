@@ -1,9 +1,11 @@
 //! The action queue: priority order (lower `ExecutionPolicy.priority` first, FIFO within a
-//! priority), merging of identical in-flight actions, platform matching and a bounded length.
-//! Every step is O(log n) in the queue's length. The merge map holds only queued and running
+//! priority), merging of identical in-flight actions, platform matching against the worker
+//! pools and a bounded length. Each pool has its own queue, and an action waits in every pool
+//! able to run it until one of them hands it out. Every step is O(p log n), for p pools and n
+//! queued actions. The merge map holds only queued and running
 //! actions, so it is bounded by `max_queued` plus the workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -13,6 +15,7 @@ use tokio::sync::Notify;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::execution::operations::OperationState;
+use crate::execution::pools::{PoolId, PoolSet, Pools};
 use crate::execution::registry::Operations;
 use crate::execution::spec::ActionSpec;
 use crate::proto::remote_execution::RequestMetadata;
@@ -26,6 +29,8 @@ pub struct Job {
     key: QueueKey,
     /// How often a bot lost it (its session expired while it held the lease).
     pub lost: AtomicU32,
+    /// The pools able to run it.
+    pub pools: PoolSet,
 }
 
 /// Queue order: the lowest `ExecutionPolicy.priority` value first, then the oldest.
@@ -33,10 +38,11 @@ type QueueKey = (i32, u64);
 
 #[derive(Default)]
 struct State {
-    queue: BTreeMap<QueueKey, Arc<Job>>,
-    /// Where each queued operation sits in `queue`, by operation name, so a cancel removes
-    /// it in O(log n).
-    queued_keys: HashMap<String, QueueKey>,
+    /// One queue per pool, by [`PoolId`].
+    queues: Vec<BTreeMap<QueueKey, Arc<Job>>>,
+    /// Where each queued operation sits in `queues`, by operation name, so a cancel removes
+    /// it in O(p log n).
+    queued_keys: HashMap<String, (QueueKey, PoolSet)>,
     seq: u64,
     /// Cacheable actions queued or running, by (instance, action digest), for merging.
     in_flight: HashMap<(String, Digest), Arc<OperationState>>,
@@ -49,23 +55,23 @@ struct State {
 pub struct Scheduler {
     // A std Mutex: queue operations only, never held across an await.
     state: Mutex<State>,
-    available: Notify,
+    /// Wakes a waiting executor of each pool.
+    available: Vec<Notify>,
     max_queued: usize,
-    platform: BTreeMap<String, String>,
+    pools: Pools,
     operations: Operations,
 }
 
 impl Scheduler {
-    pub fn new(
-        operations: Operations,
-        platform: BTreeMap<String, String>,
-        max_queued: usize,
-    ) -> Self {
+    pub fn new(operations: Operations, pools: Pools, max_queued: usize) -> Self {
         Scheduler {
-            state: Mutex::default(),
-            available: Notify::new(),
+            state: Mutex::new(State {
+                queues: vec![BTreeMap::new(); pools.len()],
+                ..State::default()
+            }),
+            available: (0..pools.len()).map(|_| Notify::new()).collect(),
             max_queued,
-            platform,
+            pools,
             operations,
         }
     }
@@ -74,9 +80,9 @@ impl Scheduler {
         &self.operations
     }
 
-    /// The platform properties the workers offer.
-    pub fn platform(&self) -> &BTreeMap<String, String> {
-        &self.platform
+    /// The worker pools and what each offers.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     /// Queues an action, or joins the identical one already queued or running.
@@ -86,7 +92,7 @@ impl Scheduler {
         priority: i32,
         request_metadata: Option<RequestMetadata>,
     ) -> Result<Arc<OperationState>, Error> {
-        self.check_platform(&spec.platform)?;
+        let pools = self.pools.for_action(&spec.platform)?;
         let key = (spec.instance.clone(), spec.action_digest);
         let mut state = self.state.lock().unwrap();
         if state.closed {
@@ -106,10 +112,10 @@ impl Scheduler {
             tracing::info!(operation = %op.name, action = %spec.action_digest, "merged with an identical in-flight action");
             return Ok(op.clone());
         }
-        if state.queue.len() >= self.max_queued {
+        if state.queued_keys.len() >= self.max_queued {
             return Err(Error::OverLimit(format!(
                 "the execution queue is full ({} actions waiting); retry later",
-                state.queue.len()
+                state.queued_keys.len()
             )));
         }
         let op = self
@@ -121,76 +127,57 @@ impl Scheduler {
         tracing::info!(operation = %op.name, action = %spec.action_digest, priority, "queued");
         state.seq += 1;
         let key = (priority, state.seq);
-        state.queued_keys.insert(op.name.clone(), key);
-        state.queue.insert(
+        let job = Arc::new(Job {
+            spec,
+            op: op.clone(),
+            queued_at: SystemTime::now(),
             key,
-            Arc::new(Job {
-                spec,
-                op: op.clone(),
-                queued_at: SystemTime::now(),
-                key,
-                lost: AtomicU32::new(0),
-            }),
-        );
+            lost: AtomicU32::new(0),
+            pools,
+        });
+        state.enqueue(job);
         drop(state);
-        self.available.notify_one();
+        self.notify(pools);
         Ok(op)
     }
 
-    fn check_platform(&self, wanted: &BTreeMap<String, String>) -> Result<(), Error> {
-        for (name, value) in wanted {
-            if crate::execution::sandbox::SANDBOX_PROPERTIES.contains(&name.as_str()) {
-                continue; // Checked by the sandbox against the instance's configuration.
-            }
-            match self.platform.get(name) {
-                Some(offered) if offered == value => {}
-                Some(offered) => {
-                    return Err(Error::Unsatisfiable(format!(
-                        "no worker offers platform property {name}={value:?} (workers offer {name}={offered:?})"
-                    )));
-                }
-                None => {
-                    return Err(Error::Unsatisfiable(format!(
-                        "no worker offers platform property {name:?}; offered: {}",
-                        self.platform.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            }
+    fn notify(&self, pools: PoolSet) {
+        for pool in pools.iter() {
+            self.available[pool].notify_one();
         }
-        Ok(())
     }
 
-    /// Waits for the next action to run.
-    pub async fn next(&self) -> Arc<Job> {
+    /// Waits for the next action an executor of `pool` may run.
+    pub async fn next(&self, pool: PoolId) -> Arc<Job> {
         loop {
-            let notified = self.available.notified();
-            if let Some(job) = self.try_next() {
+            let notified = self.available[pool].notified();
+            if let Some(job) = self.try_next(pool) {
                 return job;
             }
             notified.await;
         }
     }
 
-    /// The next action to run, if one is waiting. Every executor offers the server's
-    /// platform (a bot must, to join), so the queue's head suits whoever asks.
-    pub fn try_next(&self) -> Option<Arc<Job>> {
+    /// The next action for an executor of `pool`, if one is waiting: the head of the pool's
+    /// queue, taken out of the other pools' queues too.
+    pub fn try_next(&self, pool: PoolId) -> Option<Arc<Job>> {
         let mut state = self.state.lock().unwrap();
-        let (_, job) = state.queue.pop_first()?;
-        state.queued_keys.remove(&job.op.name);
+        let (_, job) = state.queues[pool].pop_first()?;
+        state.unqueue(&job.op.name);
         state.running += 1;
-        let more = !state.queue.is_empty();
+        let more = !state.queues[pool].is_empty();
         drop(state);
         if more {
-            self.available.notify_one();
+            self.available[pool].notify_one();
         }
         Some(job)
     }
 
-    /// Waits until an action is waiting or `deadline` passes; for a bot's long poll, which
-    /// then takes it with [`Scheduler::try_next`].
-    pub async fn wait_for_work(&self, deadline: tokio::time::Instant) {
-        let notified = self.available.notified();
-        if self.queued() > 0 {
+    /// Waits until an action is waiting in `pool` or `deadline` passes; for a bot's long
+    /// poll, which then takes it with [`Scheduler::try_next`].
+    pub async fn wait_for_work(&self, pool: PoolId, deadline: tokio::time::Instant) {
+        let notified = self.available[pool].notified();
+        if !self.state.lock().unwrap().queues[pool].is_empty() {
             return;
         }
         tokio::select! {
@@ -210,10 +197,10 @@ impl Scheduler {
             return false;
         }
         state.running -= 1;
-        state.queued_keys.insert(job.op.name.clone(), job.key);
-        state.queue.insert(job.key, job);
+        let pools = job.pools;
+        state.enqueue(job);
         drop(state);
-        self.available.notify_one();
+        self.notify(pools);
         true
     }
 
@@ -234,10 +221,7 @@ impl Scheduler {
     /// Removes a queued operation; `true` if it was still waiting (and is now gone).
     pub fn dequeue(&self, op: &Arc<OperationState>) -> bool {
         let mut state = self.state.lock().unwrap();
-        let removed = match state.queued_keys.remove(&op.name) {
-            Some(key) => state.queue.remove(&key).is_some(),
-            None => false,
-        };
+        let removed = state.unqueue(&op.name);
         if removed {
             let key = (op.instance.clone(), op.action_digest);
             if state
@@ -256,10 +240,16 @@ impl Scheduler {
         let mut state = self.state.lock().unwrap();
         state.closed = true;
         state.queued_keys.clear();
-        let drained: Vec<_> = std::mem::take(&mut state.queue)
-            .into_values()
-            .map(|job| job.op.clone())
-            .collect();
+        let mut drained = Vec::new();
+        let mut seen = HashSet::new();
+        for queue in &mut state.queues {
+            // A job waits in each of its pools; take it once.
+            for job in std::mem::take(queue).into_values() {
+                if seen.insert(job.op.name.clone()) {
+                    drained.push(job.op.clone());
+                }
+            }
+        }
         for op in &drained {
             state
                 .in_flight
@@ -270,11 +260,33 @@ impl Scheduler {
 
     /// Actions waiting for a worker.
     pub fn queued(&self) -> usize {
-        self.state.lock().unwrap().queue.len()
+        self.state.lock().unwrap().queued_keys.len()
     }
 
     /// Actions being run by a worker.
     pub fn running(&self) -> usize {
         self.state.lock().unwrap().running
+    }
+}
+
+impl State {
+    /// Puts a job in the queue of each pool able to run it.
+    fn enqueue(&mut self, job: Arc<Job>) {
+        self.queued_keys
+            .insert(job.op.name.clone(), (job.key, job.pools));
+        for pool in job.pools.iter() {
+            self.queues[pool].insert(job.key, job.clone());
+        }
+    }
+
+    /// Takes a queued job out of every pool's queue; `true` if it was queued.
+    fn unqueue(&mut self, name: &str) -> bool {
+        let Some((key, pools)) = self.queued_keys.remove(name) else {
+            return false;
+        };
+        for pool in pools.iter() {
+            self.queues[pool].remove(&key);
+        }
+        true
     }
 }

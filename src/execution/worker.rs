@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use crate::error::Error;
 use crate::execution::completion::{self, RunOutcome};
 use crate::execution::outputs;
+use crate::execution::pools::PoolId;
 use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
@@ -40,6 +41,8 @@ pub struct WorkerContext {
     pub slots: Slots,
     pub ac: ActionCache,
     pub scheduler: Arc<Scheduler>,
+    /// The pool whose actions the local workers take.
+    pub pool: PoolId,
 }
 
 /// Starts `count` workers; they run until the runtime shuts down.
@@ -57,7 +60,7 @@ pub fn spawn_workers(ctx: WorkerContext, count: usize) {
         tokio::spawn(async move {
             let mut warm = None;
             loop {
-                let job = ctx.scheduler.next().await;
+                let job = ctx.scheduler.next(ctx.pool).await;
                 run_job(&ctx, n, &name, &job, &mut warm).await;
                 ctx.scheduler.finished(&job);
             }

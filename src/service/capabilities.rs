@@ -72,7 +72,7 @@ impl Capabilities for CapabilitiesService {
                 .ctx
                 .execution
                 .as_ref()
-                .map(|e| e.platform().keys().cloned().collect())
+                .map(|e| e.pools().property_names().into_iter().collect())
                 .unwrap_or_default(),
             digest_functions,
         };

@@ -138,8 +138,19 @@ pub fn worker_description(slots: usize) -> rw::Worker {
 }
 
 impl HandBot {
-    /// Opens a session for `bot_id`.
+    /// Opens a session for `bot_id`, describing this host's platform.
     pub async fn join(server: &TestServer, bot_id: &str) -> Self {
+        Self::join_as(server, bot_id, worker_description(1))
+            .await
+            .expect("CreateBotSession")
+    }
+
+    /// Opens a session for `bot_id`, described by `worker`.
+    pub async fn join_as(
+        server: &TestServer,
+        bot_id: &str,
+        worker: rw::Worker,
+    ) -> Result<Self, tonic::Status> {
         let mut client = BotsClient::new(server.channel().await);
         let session = client
             .create_bot_session(rw::CreateBotSessionRequest {
@@ -147,14 +158,13 @@ impl HandBot {
                 bot_session: Some(rw::BotSession {
                     bot_id: bot_id.into(),
                     status: rw::BotStatus::Ok as i32,
-                    worker: Some(worker_description(1)),
+                    worker: Some(worker),
                     ..Default::default()
                 }),
             })
-            .await
-            .expect("CreateBotSession")
+            .await?
             .into_inner();
-        HandBot { client, session }
+        Ok(HandBot { client, session })
     }
 
     /// Reports `leases` and returns the server's reply.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::Error;
 use crate::execution::completion::{self, RunOutcome};
 use crate::execution::operations;
+use crate::execution::pools::PoolId;
 use crate::execution::scheduler::Scheduler;
 use crate::offload::blocking;
 use crate::proto::remoteworkers::{BotSession, BotStatus, LeaseState, Worker};
@@ -27,8 +28,6 @@ use session::{Held, Session};
 pub const SLOTS_PROPERTY: &str = "slots";
 /// Most leases one bot may hold at once, whatever it claims.
 const MAX_SLOTS: usize = 256;
-/// The pool every bot that offers the server's platform joins.
-const DEFAULT_POOL: &str = "default";
 
 /// The bounds and timers of bot sessions, from `[execution]`.
 #[derive(Debug, Clone)]
@@ -40,8 +39,6 @@ pub struct BotLimits {
 
 pub struct BotFarm {
     limits: BotLimits,
-    /// Properties a bot must offer to join (the server's platform).
-    required: BTreeMap<String, String>,
     scheduler: Arc<Scheduler>,
     cas: Cas,
     ac: ActionCache,
@@ -57,16 +54,9 @@ struct Farm {
 }
 
 impl BotFarm {
-    pub fn new(
-        limits: BotLimits,
-        required: BTreeMap<String, String>,
-        scheduler: Arc<Scheduler>,
-        cas: Cas,
-        ac: ActionCache,
-    ) -> Self {
+    pub fn new(limits: BotLimits, scheduler: Arc<Scheduler>, cas: Cas, ac: ActionCache) -> Self {
         BotFarm {
             limits,
-            required,
             scheduler,
             cas,
             ac,
@@ -133,7 +123,7 @@ impl BotFarm {
                 Session {
                     name: name.clone(),
                     bot_id: bot.bot_id.clone(),
-                    pool: pool.clone(),
+                    pool,
                     slots,
                     expires: Instant::now() + self.limits.session_timeout,
                     accepting: bot.status == BotStatus::Ok as i32,
@@ -143,11 +133,12 @@ impl BotFarm {
             replaced
         };
         if let Some(old) = replaced {
-            tracing::info!(bot = %old.bot_id, session = %old.name, pool = %old.pool, "bot left: a new session replaced it");
-            self.lose(old.leases.into_values().collect(), &old.bot_id);
+            tracing::info!(bot = %old.bot_id, session = %old.name, pool = self.pool_name(old.pool), "bot left: a new session replaced it");
+            self.lose(old.leases.into_values().collect(), &old.bot_id, old.pool);
         }
-        tracing::info!(bot = %bot.bot_id, session = %name, pool = %pool, slots, "bot joined");
-        metrics::counter!("rexd_bot_sessions_created_total", "pool" => pool).increment(1);
+        let pool_name = self.pool_name(pool).to_string();
+        tracing::info!(bot = %bot.bot_id, session = %name, pool = %pool_name, slots, "bot joined");
+        metrics::counter!("rexd_bot_sessions_created_total", "pool" => pool_name).increment(1);
         self.update_session(&name, bot, false).await
     }
 
@@ -172,7 +163,7 @@ impl BotFarm {
         bot: BotSession,
         may_wait: bool,
     ) -> Result<BotSession, Error> {
-        let reconciled = {
+        let (pool, reconciled) = {
             let mut state = self.state.lock().unwrap();
             let session = state.sessions.get_mut(name).ok_or_else(|| {
                 Error::Absent(format!(
@@ -187,7 +178,7 @@ impl BotFarm {
             }
             session.expires = Instant::now() + self.limits.session_timeout;
             session.accepting = bot.status == BotStatus::Ok as i32;
-            session.reconcile(&bot.leases)
+            (session.pool, session.reconcile(&bot.leases))
         };
         let bot_id = bot.bot_id.as_str();
         for id in &reconciled.unknown {
@@ -202,7 +193,7 @@ impl BotFarm {
             self.scheduler.finished(job);
         }
         let quiet = reconciled.is_empty();
-        self.lose(reconciled.lost, bot_id);
+        self.lose(reconciled.lost, bot_id, pool);
         if !reconciled.completed.is_empty() {
             // In a task of its own, so a bot that drops the call cannot leave a result
             // half-recorded.
@@ -236,10 +227,14 @@ impl BotFarm {
         };
         let mut assigned = 0;
         while session.free_slots() > 0 {
-            let Some(job) = self.scheduler.try_next() else {
+            let Some(job) = self.scheduler.try_next(session.pool) else {
                 break;
             };
-            let executor = format!("{}/{}", session.pool, session.bot_id);
+            let executor = format!(
+                "{}/{}",
+                self.scheduler.pools().name(session.pool),
+                session.bot_id
+            );
             let Some(metadata) = completion::begin(&job, &executor) else {
                 self.scheduler.finished(&job); // Cancelled while queued.
                 continue;
@@ -260,16 +255,17 @@ impl BotFarm {
     /// The long poll: until an action is queued, a lease of this session is cancelled, or
     /// the poll's time is up.
     async fn wait(&self, name: &str) {
-        let tokens: Vec<_> = {
+        let (pool, tokens): (_, Vec<_>) = {
             let state = self.state.lock().unwrap();
             let Some(session) = state.sessions.get(name) else {
                 return;
             };
-            session
+            let tokens = session
                 .leases
                 .values()
                 .map(|h| h.job.op.cancel.clone())
-                .collect()
+                .collect();
+            (session.pool, tokens)
         };
         let deadline = tokio::time::Instant::now() + self.long_poll();
         let cancelled = async {
@@ -279,7 +275,7 @@ impl BotFarm {
             futures::future::select_all(tokens.iter().map(|t| Box::pin(t.cancelled()))).await;
         };
         tokio::select! {
-            _ = self.scheduler.wait_for_work(deadline) => {}
+            _ = self.scheduler.wait_for_work(pool, deadline) => {}
             _ = cancelled => {}
         }
     }
@@ -335,14 +331,15 @@ impl BotFarm {
 
     /// Leases a bot lost (it stopped reporting, or dropped them): each goes back to the
     /// queue, or fails once it has been lost `max_lease_retries` times.
-    fn lose(&self, leases: Vec<Held>, bot: &str) {
+    fn lose(&self, leases: Vec<Held>, bot: &str, pool: PoolId) {
         for held in leases {
             if held.state == LeaseState::Cancelled {
                 continue; // Already finished when it was cancelled.
             }
             let job = held.job;
             let lost = job.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            metrics::counter!("rexd_lease_requeues_total", "pool" => DEFAULT_POOL).increment(1);
+            metrics::counter!("rexd_lease_requeues_total", "pool" => self.pool_name(pool).to_string())
+                .increment(1);
             if lost > self.limits.max_lease_retries {
                 tracing::warn!(bot, operation = %job.op.name, lost, "action lost by bots too often; failing it");
                 job.op.complete(operations::execute_response(
@@ -394,27 +391,39 @@ impl BotFarm {
                 .collect()
         };
         for session in expired {
-            tracing::info!(bot = %session.bot_id, session = %session.name, pool = %session.pool, leases = session.leases.len(), "bot left: its session expired");
-            self.lose(session.leases.into_values().collect(), &session.bot_id);
+            tracing::info!(bot = %session.bot_id, session = %session.name, pool = self.pool_name(session.pool), leases = session.leases.len(), "bot left: its session expired");
+            self.lose(
+                session.leases.into_values().collect(),
+                &session.bot_id,
+                session.pool,
+            );
         }
         self.record_gauges();
     }
 
-    /// Bots connected and their leases by state, for `/metrics`.
+    /// Bots connected per pool and their leases by state, for `/metrics`.
     fn record_gauges(&self) {
-        let (sessions, by_state) = {
+        let pools = self.scheduler.pools();
+        let (per_pool, by_state) = {
             let state = self.state.lock().unwrap();
+            let mut per_pool = vec![0usize; pools.len()];
             let mut by_state = [0usize; 3];
-            for held in state.sessions.values().flat_map(|s| s.leases.values()) {
-                by_state[match held.state {
-                    LeaseState::Pending => 0,
-                    LeaseState::Active => 1,
-                    _ => 2,
-                }] += 1;
+            for session in state.sessions.values() {
+                per_pool[session.pool] += 1;
+                for held in session.leases.values() {
+                    by_state[match held.state {
+                        LeaseState::Pending => 0,
+                        LeaseState::Active => 1,
+                        _ => 2,
+                    }] += 1;
+                }
             }
-            (state.sessions.len(), by_state)
+            (per_pool, by_state)
         };
-        metrics::gauge!("rexd_bots_connected", "pool" => DEFAULT_POOL).set(sessions as f64);
+        for (pool, count) in per_pool.iter().enumerate() {
+            metrics::gauge!("rexd_bots_connected", "pool" => pools.name(pool).to_string())
+                .set(*count as f64);
+        }
         for (label, count) in ["pending", "active", "cancelled"]
             .iter()
             .zip(by_state.iter())
@@ -436,23 +445,30 @@ impl BotFarm {
         });
     }
 
-    /// The pool a bot joins: it must offer every property of the server's platform.
-    fn pool_of(&self, worker: &Worker) -> Result<String, Error> {
+    fn pool_name(&self, pool: PoolId) -> &str {
+        self.scheduler.pools().name(pool)
+    }
+
+    /// The pool a bot joins: the most specific one whose properties it offers.
+    fn pool_of(&self, worker: &Worker) -> Result<PoolId, Error> {
         let offered = offered_properties(worker);
-        for (key, value) in &self.required {
-            if !offered.iter().any(|(k, v)| k == key && v == value) {
-                return Err(Error::Unsatisfiable(format!(
-                    "the bot does not offer {key}={value:?}, which every pool of this server \
-                     requires (it offers: {})",
-                    offered
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
-        Ok(DEFAULT_POOL.to_string())
+        let pools = self.scheduler.pools();
+        pools.for_executor(&offered).ok_or_else(|| {
+            let wanted = pools
+                .iter()
+                .map(|p| format!("{}: {:?}", p.name, p.properties))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Error::Unsatisfiable(format!(
+                "no worker pool accepts this bot: it offers {}, and every pool asks for \
+                 properties it lacks ({wanted})",
+                offered
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
     }
 }
 

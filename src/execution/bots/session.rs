@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::execution::pools::PoolId;
 use crate::execution::scheduler::Job;
 use crate::proto::remote_execution::ExecutedActionMetadata;
 use crate::proto::remoteworkers::{Lease, LeaseState};
@@ -22,7 +23,7 @@ pub struct Held {
 pub struct Session {
     pub name: String,
     pub bot_id: String,
-    pub pool: String,
+    pub pool: PoolId,
     /// Leases the bot runs at once.
     pub slots: usize,
     pub expires: Instant,
