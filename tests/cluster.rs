@@ -1,7 +1,7 @@
 //! Cluster mode across hosts: a rexd server on one network namespace, `rexd worker`s on
 //! others, each with its own data directory, joined by veth links. Real Bazel builds
-//! through the workers, and the faults a cluster meets (a link cut, a worker coming back
-//! after its session expired, a server restart) are checked with probes.
+//! through the workers, before and after a server restart, and the faults a cluster meets
+//! (a link cut, a worker coming back after its session expired) are checked with probes.
 //!
 //! Needs root and iproute2: skipped loudly without them, and failing when `CI` is set.
 
@@ -67,13 +67,15 @@ async fn bazel_builds_on_workers_on_other_hosts_and_they_outlive_a_server_restar
         .collect();
     let url = format!("grpc://127.0.0.1:{SERVER_PORT}");
     let ns = hosts.server.clone();
-    let built = tokio::task::spawn_blocking(move || {
+    let flags = remote_exec_flags(&url);
+    let (ws, built) = tokio::task::spawn_blocking(move || {
         let mut ws = Workspace::new();
         ws.netns = Some(ns);
-        let run = bazel_with(&ws, &["build", "//..."], &remote_exec_flags(&url));
+        let run = bazel_with(&ws, &["build", "//..."], &flags);
         run.assert_success();
         ws.assert_outputs();
-        run.summary()
+        let summary = run.summary();
+        (ws, summary)
     })
     .await
     .unwrap();
@@ -91,6 +93,26 @@ async fn bazel_builds_on_workers_on_other_hosts_and_they_outlive_a_server_restar
     let result = exec::run_ok(&server, &sh("echo after the restart")).await;
     let worker = result.execution_metadata.unwrap().worker;
     assert!(worker.starts_with("host-"), "ran on {worker:?}");
+
+    // And the next build works: from clean, with the action cache refused, so every
+    // action runs again on the workers.
+    let mut flags = remote_exec_flags(&format!("grpc://127.0.0.1:{SERVER_PORT}"));
+    flags.push("--noremote_accept_cached".into());
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        bazel_with(&ws, &["clean"], &[]).assert_success();
+        let run = bazel_with(&ws, &["build", "//..."], &flags);
+        run.assert_success();
+        ws.assert_outputs();
+        run.summary()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rebuilt.remote(),
+        built.remote(),
+        "every action ran remotely again after the restart: {rebuilt:?}"
+    );
+    assert_eq!(rebuilt.local(), 0, "processes ran locally: {rebuilt:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

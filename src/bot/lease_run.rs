@@ -114,10 +114,13 @@ impl Runner {
     }
 
     /// Loads the action from the local CAS, fetching from the server whatever is missing:
-    /// every Directory with one GetTree, then the files (and anything else still absent).
+    /// the Action, then its Command and every Directory (one GetTree) at once, then the
+    /// files; further rounds only for what those left out.
     async fn load(self: &Arc<Self>, action_digest: Digest) -> Result<spec::ActionSpec, Error> {
-        let mut fetched = super::remote::Transferred::default();
-        let mut tree_fetched = false;
+        let (mut fetched, mut tree_fetched) = self.prefetch(action_digest).await?;
+        // Everything asked of the server for this action, to tell fetched input files from
+        // those the local cache held.
+        let mut requested = std::collections::HashSet::new();
         for _ in 0..MAX_FETCH_ROUNDS {
             let this = self.clone();
             let loaded = blocking(move || {
@@ -131,51 +134,96 @@ impl Runner {
                 )
             })
             .await;
-            match loaded {
+            let missing = match loaded {
                 Ok(spec) => {
-                    let (cas, files) = (self.slots.cas.clone(), spec.inputs.files.clone());
-                    let absent = cas.find_missing(&files);
+                    let absent = self.slots.cas.find_missing(&spec.inputs.files);
                     if absent.is_empty() {
+                        let files = spec.inputs.files.len() as u64;
+                        let files_fetched = spec
+                            .inputs
+                            .files
+                            .iter()
+                            .filter(|f| requested.contains(*f))
+                            .count() as u64;
                         tracing::debug!(action = %action_digest, blobs = fetched.blobs, bytes = fetched.bytes, "inputs fetched");
+                        metrics::counter!("rexd_worker_fetched_blobs_total")
+                            .increment(fetched.blobs);
                         metrics::counter!("rexd_worker_fetched_bytes_total")
                             .increment(fetched.bytes);
                         metrics::counter!("rexd_worker_cache_hits_total")
-                            .increment((files.len() as u64).saturating_sub(fetched.blobs));
+                            .increment(files.saturating_sub(files_fetched));
+                        metrics::counter!("rexd_worker_cache_misses_total")
+                            .increment(files_fetched);
                         return Ok(spec);
                     }
-                    let got = self.remote.fetch_missing(&self.slots.cas, &absent).await?;
-                    fetched.blobs += got.blobs;
-                    fetched.bytes += got.bytes;
+                    absent
                 }
                 Err(Error::MissingBlobs(missing)) => {
-                    if !tree_fetched {
-                        let cas = self.slots.cas.clone();
-                        if let Some(root) =
-                            blocking(move || input_root(&cas, &action_digest)).await?
-                        {
-                            tree_fetched = true;
-                            self.remote.fetch_tree(&self.slots.cas, &root).await?;
-                        }
+                    if !tree_fetched && let Some(root) = self.input_root(action_digest).await? {
+                        tree_fetched = true;
+                        self.remote.fetch_tree(&self.slots.cas, &root).await?;
                     }
-                    let got = self.remote.fetch_missing(&self.slots.cas, &missing).await?;
-                    fetched.blobs += got.blobs;
-                    fetched.bytes += got.bytes;
+                    missing
                 }
                 Err(e) => return Err(e),
-            }
+            };
+            let got = self.remote.fetch_missing(&self.slots.cas, &missing).await?;
+            requested.extend(missing);
+            fetched.blobs += got.blobs;
+            fetched.bytes += got.bytes;
         }
         Err(Error::Upstream(format!(
             "the inputs of {action_digest} were still incomplete after {MAX_FETCH_ROUNDS} fetches"
         )))
     }
+
+    /// Brings the Action, then its Command and input tree together, into the local CAS: two
+    /// round trips for a new action over a known tree, not one per kind of blob. Returns
+    /// what it fetched and whether it fetched the tree.
+    async fn prefetch(
+        self: &Arc<Self>,
+        action_digest: Digest,
+    ) -> Result<(super::remote::Transferred, bool), Error> {
+        let cas = &self.slots.cas;
+        let mut fetched = self.remote.fetch_missing(cas, &[action_digest]).await?;
+        let local = cas.clone();
+        let Some(action) = blocking(move || read_action(&local, &action_digest)).await? else {
+            return Ok((fetched, false));
+        };
+        let function = action_digest.function();
+        let part = |d: Option<&crate::proto::remote_execution::Digest>| {
+            d.map(|d| Digest::from_proto(function, d)).transpose()
+        };
+        let command: Vec<Digest> = part(action.command_digest.as_ref())?.into_iter().collect();
+        let root = part(action.input_root_digest.as_ref())?.filter(|r| !cas.contains(r));
+        let tree = async {
+            match &root {
+                Some(root) => self.remote.fetch_tree(cas, root).await,
+                None => Ok(()),
+            }
+        };
+        let (got, tree) = futures::join!(self.remote.fetch_missing(cas, &command), tree);
+        let got = got?;
+        tree?;
+        fetched.blobs += got.blobs;
+        fetched.bytes += got.bytes;
+        Ok((fetched, root.is_some()))
+    }
+
+    async fn input_root(&self, action_digest: Digest) -> Result<Option<Digest>, Error> {
+        let cas = self.slots.cas.clone();
+        let action = blocking(move || read_action(&cas, &action_digest)).await?;
+        action
+            .and_then(|a| a.input_root_digest)
+            .map(|d| Digest::from_proto(action_digest.function(), &d))
+            .transpose()
+    }
 }
 
-/// The action's input root, once the Action itself is local.
-fn input_root(cas: &crate::storage::Cas, action_digest: &Digest) -> Result<Option<Digest>, Error> {
-    let action: Option<crate::proto::remote_execution::Action> =
-        crate::storage::tree::read_message(cas, action_digest, "action")?;
-    action
-        .and_then(|a| a.input_root_digest)
-        .map(|d| Digest::from_proto(action_digest.function(), &d))
-        .transpose()
+/// The Action, if it is in the local CAS.
+fn read_action(
+    cas: &crate::storage::Cas,
+    action_digest: &Digest,
+) -> Result<Option<crate::proto::remote_execution::Action>, Error> {
+    crate::storage::tree::read_message(cas, action_digest, "action")
 }

@@ -17,6 +17,7 @@ use crate::conn::{self, Conn};
 use crate::data;
 use crate::json::Json;
 use crate::report::{Figure, Latencies, Outcome};
+use crate::workers;
 
 /// Environment variable that makes otherwise identical actions distinct.
 pub const SALT_VAR: &str = "REXD_BENCH_SALT";
@@ -29,6 +30,41 @@ pub struct ExecEnv {
     pub timeout: Duration,
     /// Actions (or calls) run before each timed loop.
     pub warmup: usize,
+    /// What the actions run: `/bin/true`, or `/bin/sleep S` with `--action-sleep`.
+    pub command: Vec<String>,
+    /// `--workers`: report the spread over executors, and the cache counters of the
+    /// workers whose `/metrics` these URLs serve.
+    pub workers: Option<Vec<String>>,
+}
+
+impl ExecEnv {
+    fn command_line(&self) -> String {
+        self.command.join(" ")
+    }
+
+    /// The workers' cache counters now, when `--workers` names some `/metrics`.
+    pub async fn scrape_workers(&self) -> Result<Option<workers::CacheCounters>> {
+        match &self.workers {
+            Some(urls) if !urls.is_empty() => Ok(Some(workers::scrape(urls).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The `--workers` part of a report, or nothing without it.
+    pub fn worker_report(
+        &self,
+        tally: &workers::Tally,
+        before: Option<workers::CacheCounters>,
+        after: Option<workers::CacheCounters>,
+        params: &mut Json,
+    ) -> String {
+        if self.workers.is_none() {
+            return String::new();
+        }
+        let (text, json) = workers::report(tally, before, after);
+        params.set("workers", json);
+        text
+    }
 }
 
 /// An encoded action and the Action and Command blobs it needs (its input tree apart).
@@ -37,7 +73,8 @@ pub struct Action {
     pub blobs: [Bytes; 2],
 }
 
-/// `/bin/true` over `input_root`, made distinct by `salt` in its environment.
+/// The run's command (`/bin/true` by default) over `input_root`, made distinct by `salt` in
+/// its environment.
 pub fn true_action(env: &ExecEnv, salt: String, input_root: &re::Digest) -> Action {
     let platform = (!env.platform.is_empty()).then(|| re::Platform {
         properties: env
@@ -52,7 +89,7 @@ pub fn true_action(env: &ExecEnv, salt: String, input_root: &re::Digest) -> Acti
     // Command.platform is deprecated since v2.2 but still read by older servers.
     #[allow(deprecated)]
     let command = re::Command {
-        arguments: vec!["/bin/true".into()],
+        arguments: env.command.clone(),
         environment_variables: vec![re::command::EnvironmentVariable {
             name: SALT_VAR.into(),
             value: salt,
@@ -169,7 +206,7 @@ fn finished(result: Option<operation::Result>) -> Result<re::ExecuteResponse> {
         .ok_or("an ExecuteResponse without a result")?;
     if result.exit_code != 0 {
         return Err(format!(
-            "/bin/true exited {}: {}",
+            "the action exited {}: {}",
             result.exit_code,
             String::from_utf8_lossy(&result.stderr_raw)
         )
@@ -287,14 +324,19 @@ fn latency_outcome(
     }
 }
 
-/// Uncached `/bin/true` actions one after another.
+/// Uncached actions one after another.
 pub async fn noop(conn: &Conn, env: &ExecEnv, count: usize) -> Result<Outcome> {
     let actions = noop_actions(env, "noop", env.warmup + count);
     upload_actions(conn, &actions).await?;
     let client = conn.execution();
     let mut samples = Vec::with_capacity(count);
     let mut phases = Phases::default();
+    let mut tally = workers::Tally::default();
+    let mut before = None;
     for (i, action) in actions.iter().enumerate() {
+        if i == env.warmup {
+            before = env.scrape_workers().await?;
+        }
         let (response, elapsed) =
             execute(client.clone(), &conn.instance, &action.digest, env.timeout).await?;
         if response.cached_result {
@@ -303,17 +345,21 @@ pub async fn noop(conn: &Conn, env: &ExecEnv, count: usize) -> Result<Outcome> {
         if i >= env.warmup {
             samples.push(elapsed);
             phases.add(&response);
+            tally.add(&response);
         }
     }
+    let after = env.scrape_workers().await?;
     let latencies = Latencies::new(&samples);
+    let mut params = Json::obj()
+        .with("actions", count)
+        .with("warmup", env.warmup);
+    let spread = env.worker_report(&tally, before, after, &mut params);
     let detail = format!(
-        "{count} uncached /bin/true after {} warm-up{}",
+        "{count} uncached {} after {} warm-up{}{spread}",
+        env.command_line(),
         env.warmup,
         phases.describe()
     );
-    let params = Json::obj()
-        .with("actions", count)
-        .with("warmup", env.warmup);
     Ok(latency_outcome(
         &["exec_noop_median_ms", "exec_noop_p95_ms"],
         &latencies,
@@ -376,17 +422,29 @@ pub async fn throughput(
                     async move { execute(client, &conn.instance, &d, env.timeout).await }
                 })
                 .buffer_unordered(concurrency.max(1))
-                .map_ok(|(_, elapsed)| elapsed)
-                .try_collect::<Vec<Duration>>()
+                .try_collect::<Vec<(re::ExecuteResponse, Duration)>>()
                 .await
         }
     };
     run(&actions[..warmup]).await?;
+    let before = env.scrape_workers().await?;
     let started = Instant::now();
-    let samples = run(&actions[warmup..]).await?;
+    let runs = run(&actions[warmup..]).await?;
     let elapsed = started.elapsed();
+    let after = env.scrape_workers().await?;
     let rate = count as f64 / elapsed.as_secs_f64();
+    let mut tally = workers::Tally::default();
+    for (response, _) in &runs {
+        tally.add(response);
+    }
+    let samples: Vec<Duration> = runs.iter().map(|(_, elapsed)| *elapsed).collect();
     let latencies = Latencies::new(&samples);
+    let mut params = Json::obj()
+        .with("actions", count)
+        .with("concurrency", concurrency)
+        .with("warmup", warmup)
+        .with("seconds", elapsed.as_secs_f64());
+    let spread = env.worker_report(&tally, before, after, &mut params);
     Ok(Outcome {
         figures: vec![Figure {
             key: "exec_throughput_actions_per_s",
@@ -394,16 +452,13 @@ pub async fn throughput(
         }],
         headline: format!("{rate:.0} actions/s"),
         detail: format!(
-            "{count} uncached /bin/true, {concurrency} in flight, {:.2} s; \
-             round trip median {:.2} ms, p95 {:.2} ms",
+            "{count} uncached {}, {concurrency} in flight, {:.2} s; \
+             round trip median {:.2} ms, p95 {:.2} ms{spread}",
+            env.command_line(),
             elapsed.as_secs_f64(),
             latencies.median(),
             latencies.p95()
         ),
-        params: Json::obj()
-            .with("actions", count)
-            .with("concurrency", concurrency)
-            .with("warmup", warmup)
-            .with("seconds", elapsed.as_secs_f64()),
+        params,
     })
 }

@@ -10,6 +10,7 @@
 //! - `stage`: an action over a wide input tree.
 //! - `soak`: a long request mix reported window by window (not part of `all`).
 //! - `report`: figures, statistics, machine facts, server RSS; `json`: the `--json` writer.
+//! - `workers`: the `--workers` report (actions per executor, worker cache hit rate).
 
 mod cas;
 mod conn;
@@ -20,6 +21,7 @@ mod report;
 mod soak;
 mod stage;
 mod transfer;
+mod workers;
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -112,6 +114,18 @@ struct Cli {
     /// Platform property every action asks for, `NAME=VALUE` (repeatable).
     #[arg(long = "platform", value_name = "NAME=VALUE", value_parser = parse_property)]
     platform: Vec<(String, String)>,
+    /// The execution workloads' actions run `/bin/sleep SECONDS` instead of `/bin/true`
+    /// (for scheduling figures: how many actions run at once, over how many workers).
+    #[arg(long, value_name = "SECONDS")]
+    action_sleep: Option<f64>,
+    /// Report how exec-noop's and exec-throughput's actions spread over the executors
+    /// (ExecutedActionMetadata.worker).
+    #[arg(long)]
+    workers: bool,
+    /// A `rexd worker`'s metrics, `http://HOST:PORT/metrics` (repeatable): `--workers` then
+    /// also reports the workers' local CAS cache hit rate.
+    #[arg(long = "worker-metrics", value_name = "URL")]
+    worker_metrics: Vec<String>,
     /// Longest one Execute may take, in seconds.
     #[arg(long, default_value_t = 600)]
     exec_timeout: u64,
@@ -197,6 +211,17 @@ impl Cli {
     fn check(&self) -> std::result::Result<(), String> {
         if self.upload_size.as_u64() < 64 {
             return Err("--upload-size must be at least 64 bytes".into());
+        }
+        if self
+            .action_sleep
+            .is_some_and(|s| !(s.is_finite() && s > 0.0))
+        {
+            return Err("--action-sleep must be a positive number of seconds".into());
+        }
+        if !self.worker_metrics.is_empty() && !self.workers {
+            return Err(
+                "--worker-metrics is read only for the --workers report; add --workers".into(),
+            );
         }
         let counts = [
             ("--parallel", self.parallel),
@@ -322,6 +347,11 @@ async fn run(
         platform: cli.platform.clone(),
         timeout: Duration::from_secs(cli.exec_timeout),
         warmup: cli.warmup,
+        command: match cli.action_sleep {
+            Some(seconds) => vec!["/bin/sleep".into(), seconds.to_string()],
+            None => vec!["/bin/true".into()],
+        },
+        workers: cli.workers.then(|| cli.worker_metrics.clone()),
     };
     let size =
         usize::try_from(cli.upload_size.as_u64()).map_err(|_| "--upload-size is too large")?;

@@ -11,6 +11,7 @@ use crate::data::{self, Rng};
 use crate::exec::{self, ExecEnv};
 use crate::json::Json;
 use crate::report::{Figure, Latencies, Outcome};
+use crate::workers;
 
 /// Size range of the input files: small, as in source trees.
 const FILE_SIZE: (usize, usize) = (32, 64);
@@ -81,9 +82,13 @@ pub async fn stage(
     let client = conn.execution();
     let mut round_trips = Vec::new();
     let mut staging = Vec::new();
+    // The worker report covers the warm-up too: its run is the one that fetches the tree.
+    let mut tally = workers::Tally::default();
+    let before = env.scrape_workers().await?;
     for (i, action) in actions.iter().enumerate() {
         let (response, elapsed) =
             exec::execute(client.clone(), &conn.instance, &action.digest, env.timeout).await?;
+        tally.add(&response);
         if i < warmup {
             continue;
         }
@@ -98,6 +103,13 @@ pub async fn stage(
             staging.push(ms);
         }
     }
+    let after = env.scrape_workers().await?;
+    let mut params = Json::obj()
+        .with("files", files)
+        .with("dirs", dirs)
+        .with("runs", runs)
+        .with("warmup", warmup);
+    let spread = env.worker_report(&tally, before, after, &mut params);
     let round_trip = Latencies::new(&round_trips).median();
     // Only a figure when every timed run reported it.
     let server = (staging.len() == runs && runs > 0).then(|| Latencies::from_ms(staging).median());
@@ -116,13 +128,9 @@ pub async fn stage(
         headline: format!("{round_trip:.1} ms (server staging {server_text})"),
         detail: format!(
             "{files} files in {dirs} directories; median of {runs} runs after {warmup} warm-up; \
-             staging = input_fetch_completed - input_fetch_start"
+             staging = input_fetch_completed - input_fetch_start{spread}"
         ),
-        params: Json::obj()
-            .with("files", files)
-            .with("dirs", dirs)
-            .with("runs", runs)
-            .with("warmup", warmup),
+        params,
     })
 }
 
