@@ -7,7 +7,6 @@ mod common;
 use common::bots::HandBot;
 use common::exec::{self, ActionBuilder, sh};
 use common::{TestServer, expect_status};
-use prost::Message;
 use rexd::config::PoolConfig;
 use rexd::proto::remote_execution as re;
 use rexd::proto::remoteworkers as rw;
@@ -47,9 +46,11 @@ fn offering(pairs: &[(&str, &str)]) -> rw::Worker {
     )
 }
 
+/// The digest of the Action a lease carries.
 fn leased_digest(lease: &rw::Lease) -> re::Digest {
-    let payload = lease.payload.as_ref().expect("a lease carries its action");
-    re::Digest::decode(payload.value.as_slice()).expect("the payload is a Digest")
+    let (digest, action) = rexd::execution::bots::lease::decode_payload(lease).unwrap();
+    assert!(action.is_some(), "the lease carries the Action itself");
+    digest.to_proto()
 }
 
 /// Reports `lease` completed with exit code 0 and nothing else.

@@ -17,7 +17,7 @@ use crate::execution::spec::{self, SpecLimits};
 use crate::execution::warm::WarmSandbox;
 use crate::execution::worker::Slots;
 use crate::offload::blocking;
-use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
+use crate::proto::remote_execution::{Action, ActionResult, ExecutedActionMetadata};
 use crate::proto::remoteworkers::{Lease, LeaseState};
 
 /// Rounds of "load, fetch what is missing" before a lease is given up: each round reveals
@@ -84,14 +84,9 @@ impl Runner {
     ) -> Result<(ActionResult, Option<Error>), Error> {
         let (action_digest, inline) = lease::decode_payload(lease)?;
         metadata.input_fetch_start_timestamp = Some(SystemTime::now().into());
-        if let Some(action) = inline {
-            let (cas, bytes) = (
-                self.slots.cas.clone(),
-                prost::Message::encode_to_vec(&action),
-            );
-            blocking(move || cas.put(&action_digest, &bytes)).await?;
-        }
-        let spec = self.load(action_digest).await?;
+        // The payload's own bytes, which hash to `action_digest` (a re-encoding might not).
+        let inline = inline.zip(lease.payload.as_ref().map(|p| p.value.clone()));
+        let spec = self.load(action_digest, inline).await?;
         // Inputs stay in the local CAS while the action runs.
         let _inputs = self.slots.cas.lease(spec.inputs.files.clone());
         let fetch_started = metadata.input_fetch_start_timestamp;
@@ -116,8 +111,12 @@ impl Runner {
     /// Loads the action from the local CAS, fetching from the server whatever is missing:
     /// the Action, then its Command and every Directory (one GetTree) at once, then the
     /// files; further rounds only for what those left out.
-    async fn load(self: &Arc<Self>, action_digest: Digest) -> Result<spec::ActionSpec, Error> {
-        let (mut fetched, mut tree_fetched) = self.prefetch(action_digest).await?;
+    async fn load(
+        self: &Arc<Self>,
+        action_digest: Digest,
+        inline: Option<(Action, Vec<u8>)>,
+    ) -> Result<spec::ActionSpec, Error> {
+        let (mut fetched, mut tree_fetched) = self.prefetch(action_digest, inline).await?;
         // Everything asked of the server for this action, to tell fetched input files from
         // those the local cache held.
         let mut requested = std::collections::HashSet::new();
@@ -177,18 +176,31 @@ impl Runner {
         )))
     }
 
-    /// Brings the Action, then its Command and input tree together, into the local CAS: two
-    /// round trips for a new action over a known tree, not one per kind of blob. Returns
-    /// what it fetched and whether it fetched the tree.
+    /// Brings the Action (unless the lease carried it), then its Command and input tree
+    /// together, into the local CAS: one round trip for a new action over a known tree
+    /// when the lease carries the Action, two when it carries only its digest. Returns what
+    /// it fetched and whether it fetched the tree.
     async fn prefetch(
         self: &Arc<Self>,
         action_digest: Digest,
+        inline: Option<(Action, Vec<u8>)>,
     ) -> Result<(super::remote::Transferred, bool), Error> {
         let cas = &self.slots.cas;
-        let mut fetched = self.remote.fetch_missing(cas, &[action_digest]).await?;
-        let local = cas.clone();
-        let Some(action) = blocking(move || read_action(&local, &action_digest)).await? else {
-            return Ok((fetched, false));
+        let mut fetched = super::remote::Transferred::default();
+        let action = match inline {
+            Some((action, bytes)) => {
+                let local = cas.clone();
+                blocking(move || local.put(&action_digest, &bytes)).await?;
+                action
+            }
+            None => {
+                fetched = self.remote.fetch_missing(cas, &[action_digest]).await?;
+                let local = cas.clone();
+                match blocking(move || read_action(&local, &action_digest)).await? {
+                    Some(action) => action,
+                    None => return Ok((fetched, false)),
+                }
+            }
         };
         let function = action_digest.function();
         let part = |d: Option<&crate::proto::remote_execution::Digest>| {

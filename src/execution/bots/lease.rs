@@ -1,9 +1,10 @@
 //! What travels in a lease, in both directions, and the checks on what comes back.
 //!
 //! The convention is BuildGrid's and buildbox-worker's, so that either can talk to rexd:
-//! - `Lease.payload` is an `Any` holding the action's REAPI `Digest` (buildbox-worker also
-//!   takes the `Action` itself, which newer BuildGrid servers send; rexd's bot accepts
-//!   both);
+//! - `Lease.payload` is an `Any` holding the REAPI `Action` itself, as newer BuildGrid
+//!   servers send it, which saves the bot a round trip before it can fetch the Command and
+//!   inputs. buildbox-worker (like its ancestor, recc's worker) unpacks either an `Action`
+//!   or an action `Digest` there, and rexd's bot accepts both too;
 //! - `Lease.result` is an `Any` holding the REAPI `ActionResult`, its outputs already
 //!   uploaded to the server's CAS;
 //! - `Lease.status` is the lease's own status. rexd's bot sets DEADLINE_EXCEEDED or
@@ -42,9 +43,18 @@ fn type_name(any: &Any) -> &str {
     any.type_url.rsplit('/').next().unwrap_or_default()
 }
 
-/// The payload of a lease for `job`: its action digest.
+/// The payload of a lease for `job`: the Action itself, so a bot need not read it from the
+/// CAS before it knows what else to fetch. A bot takes the digest of the payload's bytes as
+/// the action's, so an Action whose re-encoding does not hash to the client's digest (one
+/// with fields rexd does not know, or encoded out of order) goes by its digest instead.
 pub fn payload(job: &Job) -> Any {
-    any(DIGEST_TYPE, &job.spec.action_digest.to_proto())
+    let digest = job.spec.action_digest;
+    let encoded = any(ACTION_TYPE, &job.spec.action);
+    if Digest::of(digest.function(), &encoded.value) == digest {
+        encoded
+    } else {
+        any(DIGEST_TYPE, &digest.to_proto())
+    }
 }
 
 /// A Worker with `platform` as its properties, then `extra`: what a lease requires, and
