@@ -104,8 +104,6 @@ start_workers() {
     cat >"$dir/worker.toml" <<EOF
 data_dir = "$dir/data"
 log_level = "info"
-[storage]
-fsync = ${WORKER_FSYNC:-true}
 [metrics]
 listen = "0.0.0.0:9090"
 [execution]
