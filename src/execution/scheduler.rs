@@ -2,8 +2,8 @@
 //! priority), merging of identical in-flight actions, platform matching against the worker
 //! pools and a bounded length. Each pool has its own queue, and an action waits in every pool
 //! able to run it until one of them hands it out. Every step is O(p log n), for p pools and n
-//! queued actions. The merge map holds only queued and running
-//! actions, so it is bounded by `max_queued` plus the workers.
+//! queued actions. The merge map holds only queued and running actions, so it is bounded by
+//! `max_queued` plus the workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
