@@ -13,16 +13,20 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::execution::bots::lease;
 use crate::execution::input_tree::DirectoryCache;
-use crate::execution::spec::{self, SpecLimits};
+use crate::execution::spec::{self, Preloaded, SpecLimits};
 use crate::execution::warm::WarmSandbox;
 use crate::execution::worker::Slots;
 use crate::offload::blocking;
-use crate::proto::remote_execution::{Action, ActionResult, ExecutedActionMetadata};
+use crate::proto::remote_execution::{Action, ActionResult, Command, ExecutedActionMetadata};
 use crate::proto::remoteworkers::{Lease, LeaseState};
+use prost::Message;
 
 /// Rounds of "load, fetch what is missing" before a lease is given up: each round reveals
 /// one more level of the input tree when GetTree could not provide it.
 const MAX_FETCH_ROUNDS: usize = 64;
+/// Largest Command read into memory with the lease's first round trip; a larger one goes
+/// through the local CAS like any blob.
+const MAX_INLINE_COMMAND: u64 = 1 << 20;
 
 /// What every lease on this worker uses.
 pub struct Runner {
@@ -84,8 +88,6 @@ impl Runner {
     ) -> Result<(ActionResult, Option<Error>), Error> {
         let (action_digest, inline) = lease::decode_payload(lease)?;
         metadata.input_fetch_start_timestamp = Some(SystemTime::now().into());
-        // The payload's own bytes, which hash to `action_digest` (a re-encoding might not).
-        let inline = inline.zip(lease.payload.as_ref().map(|p| p.value.clone()));
         let spec = self.load(action_digest, inline).await?;
         // Inputs stay in the local CAS while the action runs.
         let _inputs = self.slots.cas.lease(spec.inputs.files.clone());
@@ -114,21 +116,23 @@ impl Runner {
     async fn load(
         self: &Arc<Self>,
         action_digest: Digest,
-        inline: Option<(Action, Vec<u8>)>,
+        inline: Option<Action>,
     ) -> Result<spec::ActionSpec, Error> {
-        let (mut fetched, mut tree_fetched) = self.prefetch(action_digest, inline).await?;
+        let (preloaded, mut fetched, mut tree_fetched) =
+            self.prefetch(action_digest, inline).await?;
         // Everything asked of the server for this action, to tell fetched input files from
         // those the local cache held.
         let mut requested = std::collections::HashSet::new();
         for _ in 0..MAX_FETCH_ROUNDS {
-            let this = self.clone();
+            let (this, known) = (self.clone(), preloaded.clone());
             let loaded = blocking(move || {
-                spec::load(
+                spec::load_with(
                     &this.slots.cas,
                     &this.directories,
                     &this.instance,
                     &this.slots.sandbox,
                     action_digest,
+                    known,
                     &this.limits,
                 )
             })
@@ -158,8 +162,13 @@ impl Runner {
                     absent
                 }
                 Err(Error::MissingBlobs(missing)) => {
-                    if !tree_fetched && let Some(root) = self.input_root(action_digest).await? {
+                    let root = preloaded
+                        .action
+                        .as_ref()
+                        .and_then(|a| a.input_root_digest.as_ref());
+                    if !tree_fetched && let Some(root) = root {
                         tree_fetched = true;
+                        let root = Digest::from_proto(action_digest.function(), root)?;
                         self.remote.fetch_tree(&self.slots.cas, &root).await?;
                     }
                     missing
@@ -176,29 +185,26 @@ impl Runner {
         )))
     }
 
-    /// Brings the Action (unless the lease carried it), then its Command and input tree
-    /// together, into the local CAS: one round trip for a new action over a known tree
-    /// when the lease carries the Action, two when it carries only its digest. Returns what
-    /// it fetched and whether it fetched the tree.
+    /// Brings what the action needs before its files: the Action (unless the lease carried
+    /// it), then its Command and input tree together. The Action and Command stay in memory,
+    /// off the local CAS and its synced writes. One round trip for a new action over a known
+    /// tree when the lease carries the Action, two when it carries only its digest. Returns
+    /// them, what it fetched, and whether it fetched the tree.
     async fn prefetch(
         self: &Arc<Self>,
         action_digest: Digest,
-        inline: Option<(Action, Vec<u8>)>,
-    ) -> Result<(super::remote::Transferred, bool), Error> {
+        inline: Option<Action>,
+    ) -> Result<(Preloaded, super::remote::Transferred, bool), Error> {
         let cas = &self.slots.cas;
         let mut fetched = super::remote::Transferred::default();
         let action = match inline {
-            Some((action, bytes)) => {
-                let local = cas.clone();
-                blocking(move || local.put(&action_digest, &bytes)).await?;
-                action
-            }
+            Some(action) => action,
             None => {
                 fetched = self.remote.fetch_missing(cas, &[action_digest]).await?;
                 let local = cas.clone();
                 match blocking(move || read_action(&local, &action_digest)).await? {
                     Some(action) => action,
-                    None => return Ok((fetched, false)),
+                    None => return Ok((Preloaded::default(), fetched, false)),
                 }
             }
         };
@@ -206,7 +212,9 @@ impl Runner {
         let part = |d: Option<&crate::proto::remote_execution::Digest>| {
             d.map(|d| Digest::from_proto(function, d)).transpose()
         };
-        let command: Vec<Digest> = part(action.command_digest.as_ref())?.into_iter().collect();
+        // A Command too large for one batch, or already local, is left to the loader.
+        let command = part(action.command_digest.as_ref())?
+            .filter(|c| c.size() <= MAX_INLINE_COMMAND && !cas.contains(c));
         let root = part(action.input_root_digest.as_ref())?.filter(|r| !cas.contains(r));
         let tree = async {
             match &root {
@@ -214,21 +222,31 @@ impl Runner {
                 None => Ok(()),
             }
         };
-        let (got, tree) = futures::join!(self.remote.fetch_missing(cas, &command), tree);
-        let got = got?;
+        let read = async {
+            match &command {
+                Some(digest) => self.remote.read_small(digest).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (read, tree) = futures::join!(read, tree);
         tree?;
-        fetched.blobs += got.blobs;
-        fetched.bytes += got.bytes;
-        Ok((fetched, root.is_some()))
-    }
-
-    async fn input_root(&self, action_digest: Digest) -> Result<Option<Digest>, Error> {
-        let cas = self.slots.cas.clone();
-        let action = blocking(move || read_action(&cas, &action_digest)).await?;
-        action
-            .and_then(|a| a.input_root_digest)
-            .map(|d| Digest::from_proto(action_digest.function(), &d))
-            .transpose()
+        let command = match read? {
+            Some(bytes) => {
+                fetched.blobs += 1;
+                fetched.bytes += bytes.len() as u64;
+                Some(Command::decode(bytes.as_slice()).map_err(|e| {
+                    Error::BadInput(format!(
+                        "command of {action_digest} is not a valid proto: {e}"
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let preloaded = Preloaded {
+            action: Some(action),
+            command,
+        };
+        Ok((preloaded, fetched, root.is_some()))
     }
 }
 

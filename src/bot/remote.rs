@@ -130,6 +130,35 @@ impl RemoteCas {
         Ok(done)
     }
 
+    /// One small blob read into memory and checked against its digest, not stored: for the
+    /// Command, which the lease's run needs only decoded.
+    pub async fn read_small(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let reply = self
+            .cas()
+            .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: vec![digest.to_proto()],
+                digest_function: digest.function().to_proto() as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(upstream)?
+            .into_inner();
+        let got = reply.responses.into_iter().next();
+        match got {
+            Some(got) if got.status.as_ref().map_or(0, |s| s.code) == 0 => {
+                let actual = Digest::of(digest.function(), &got.data);
+                if actual != *digest {
+                    return Err(Error::Upstream(format!(
+                        "the server sent {actual} for {digest}"
+                    )));
+                }
+                Ok(got.data.to_vec())
+            }
+            _ => Err(Error::MissingBlobs(vec![*digest])),
+        }
+    }
+
     async fn read_stream(&self, local: &Cas, digest: &Digest) -> Result<(), Error> {
         let mut stream = ByteStreamClient::new(self.channel.clone())
             .read(ReadRequest {

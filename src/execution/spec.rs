@@ -45,6 +45,14 @@ pub struct SpecLimits {
     pub max_timeout: Duration,
 }
 
+/// The Action and Command when the caller already holds them (a worker that had them from
+/// the lease and the server), so they need not be in the CAS.
+#[derive(Clone, Default)]
+pub struct Preloaded {
+    pub action: Option<Action>,
+    pub command: Option<Command>,
+}
+
 /// Reads and validates the action. Missing blobs anywhere are collected and reported together
 /// as one FAILED_PRECONDITION.
 pub fn load(
@@ -55,15 +63,35 @@ pub fn load(
     action_digest: Digest,
     limits: &SpecLimits,
 ) -> Result<ActionSpec, Error> {
+    let none = Preloaded::default();
+    load_with(cas, cache, instance, sandbox, action_digest, none, limits)
+}
+
+/// [`load`], taking the Action and Command from `preloaded` where it has them.
+pub fn load_with(
+    cas: &Cas,
+    cache: &input_tree::DirectoryCache,
+    instance: &InstanceConfig,
+    sandbox: &Sandbox,
+    action_digest: Digest,
+    preloaded: Preloaded,
+    limits: &SpecLimits,
+) -> Result<ActionSpec, Error> {
     let function = action_digest.function();
-    let action: Action = read_message(cas, &action_digest, "action")?
-        .ok_or_else(|| Error::MissingBlobs(vec![action_digest]))?;
+    let action: Action = match preloaded.action {
+        Some(action) => action,
+        None => read_message(cas, &action_digest, "action")?
+            .ok_or_else(|| Error::MissingBlobs(vec![action_digest]))?,
+    };
     let command_digest =
         Digest::from_required(function, action.command_digest.as_ref(), "command")?;
     let input_root =
         Digest::from_required(function, action.input_root_digest.as_ref(), "input root")?;
     let mut missing = Vec::new();
-    let command: Option<Command> = read_message(cas, &command_digest, "command")?;
+    let command: Option<Command> = match preloaded.command {
+        Some(command) => Some(command),
+        None => read_message(cas, &command_digest, "command")?,
+    };
     if command.is_none() {
         missing.push(command_digest);
     }
