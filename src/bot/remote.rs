@@ -91,27 +91,10 @@ impl RemoteCas {
         let (batches, large) = by_size(local.find_missing(digests));
         let mut done = Transferred::default();
         for batch in batches {
-            let reply = self
-                .cas()
-                .batch_read_blobs(BatchReadBlobsRequest {
-                    instance_name: self.instance.clone(),
-                    digests: batch.iter().map(Digest::to_proto).collect(),
-                    digest_function: batch[0].function().to_proto() as i32,
-                    ..Default::default()
-                })
-                .await
-                .map_err(upstream)?
-                .into_inner();
-            let mut items = Vec::with_capacity(batch.len());
-            for (want, got) in batch.iter().zip(reply.responses) {
-                let code = got.status.as_ref().map_or(0, |s| s.code);
-                if code != 0 {
-                    return Err(Error::MissingBlobs(vec![*want]));
-                }
-                done.bytes += got.data.len() as u64;
-                items.push((*want, got.data));
-            }
-            done.blobs += items.len() as u64;
+            let data = self.batch_read(&batch).await?;
+            done.bytes += data.iter().map(|d| d.len() as u64).sum::<u64>();
+            done.blobs += data.len() as u64;
+            let items: Vec<_> = batch.into_iter().zip(data).collect();
             let local = local.clone();
             crate::offload::blocking(move || {
                 local
@@ -133,30 +116,48 @@ impl RemoteCas {
     /// One small blob read into memory and checked against its digest, not stored: for the
     /// Command, which the lease's run needs only decoded.
     pub async fn read_small(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let data = self.batch_read(std::slice::from_ref(digest)).await?;
+        let data = data.into_iter().next().unwrap_or_default();
+        let actual = Digest::of(digest.function(), &data);
+        if actual != *digest {
+            return Err(Error::Upstream(format!(
+                "the server sent {actual} for {digest}"
+            )));
+        }
+        Ok(data.to_vec())
+    }
+
+    /// One BatchReadBlobs: the blobs' bytes in the order asked (unchecked), or MissingBlobs
+    /// for the first the server could not give.
+    async fn batch_read(&self, batch: &[Digest]) -> Result<Vec<bytes::Bytes>, Error> {
         let reply = self
             .cas()
             .batch_read_blobs(BatchReadBlobsRequest {
                 instance_name: self.instance.clone(),
-                digests: vec![digest.to_proto()],
-                digest_function: digest.function().to_proto() as i32,
+                digests: batch.iter().map(Digest::to_proto).collect(),
+                digest_function: batch[0].function().to_proto() as i32,
                 ..Default::default()
             })
             .await
             .map_err(upstream)?
             .into_inner();
-        let got = reply.responses.into_iter().next();
-        match got {
-            Some(got) if got.status.as_ref().map_or(0, |s| s.code) == 0 => {
-                let actual = Digest::of(digest.function(), &got.data);
-                if actual != *digest {
-                    return Err(Error::Upstream(format!(
-                        "the server sent {actual} for {digest}"
-                    )));
-                }
-                Ok(got.data.to_vec())
-            }
-            _ => Err(Error::MissingBlobs(vec![*digest])),
+        if reply.responses.len() != batch.len() {
+            return Err(Error::Upstream(format!(
+                "BatchReadBlobs answered {} of {} blobs",
+                reply.responses.len(),
+                batch.len()
+            )));
         }
+        batch
+            .iter()
+            .zip(reply.responses)
+            .map(
+                |(want, got)| match got.status.as_ref().map_or(0, |s| s.code) {
+                    0 => Ok(got.data),
+                    _ => Err(Error::MissingBlobs(vec![*want])),
+                },
+            )
+            .collect()
     }
 
     async fn read_stream(&self, local: &Cas, digest: &Digest) -> Result<(), Error> {

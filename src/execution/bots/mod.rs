@@ -230,11 +230,7 @@ impl BotFarm {
             let Some(job) = self.scheduler.try_next(session.pool) else {
                 break;
             };
-            let executor = format!(
-                "{}/{}",
-                self.scheduler.pools().name(session.pool),
-                session.bot_id
-            );
+            let executor = format!("{}/{}", self.pool_name(session.pool), session.bot_id);
             let Some(metadata) = completion::begin(&job, &executor) else {
                 self.scheduler.finished(&job); // Cancelled while queued.
                 continue;
