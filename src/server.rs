@@ -82,13 +82,18 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "storage opened"
     );
+    let store = crate::storage::TieredStore::open(
+        cas.clone(),
+        ac.clone(),
+        config.storage.remote.as_ref(),
+        config.storage.fsync,
+    )?;
     let execution = if config.execution.enabled {
         Some(Arc::new(Engine::new(
             &settings.execution,
             &config.sandbox,
             data_dir,
-            cas.clone(),
-            ac.clone(),
+            store.clone(),
         )?))
     } else {
         None
@@ -98,6 +103,7 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         settings: Arc::new(settings),
         cas,
         ac,
+        store,
         asset,
         execution,
         uploads,
@@ -133,6 +139,7 @@ pub async fn run(
                 http,
                 Arc::new(move || metrics::render(&scraped)),
                 shutting_down.clone(),
+                ctx.store.remote().map(|r| r.watch_reachable()),
             )))
         }
         None => None,
@@ -147,6 +154,13 @@ pub async fn run(
         health_reporter
             .set_service_status(*name, ServingStatus::Serving)
             .await;
+    }
+    ctx.store.start();
+    if let Some(remote) = ctx.store.remote() {
+        tokio::spawn(report_remote_health(
+            remote.watch_reachable(),
+            health_reporter.clone(),
+        ));
     }
 
     // grpcurl tries reflection v1, then v1alpha; serve both.
@@ -397,4 +411,27 @@ fn spawn_order_saver(cas: Cas) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// The health service name that reports the object-store tier: NOT_SERVING while the store
+/// does not answer. The server itself stays SERVING, since local blobs still read.
+pub const REMOTE_HEALTH_NAME: &str = "rexd.storage.ObjectStore";
+
+async fn report_remote_health(
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = if *reachable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter
+            .set_service_status(REMOTE_HEALTH_NAME, status)
+            .await;
+        if reachable.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -8,7 +8,7 @@ use crate::auth::{Caller, Role};
 use crate::config::{InstanceConfig, Settings};
 use crate::error::Error;
 use crate::execution::Engine;
-use crate::storage::{ActionCache, Cas};
+use crate::storage::{ActionCache, Cas, TieredStore};
 
 /// What every service needs; cheap to clone.
 #[derive(Clone)]
@@ -17,6 +17,8 @@ pub struct Context {
     pub settings: Arc<Settings>,
     pub cas: Cas,
     pub ac: ActionCache,
+    /// Both storage tiers: the local disk and, when configured, the object store behind it.
+    pub store: TieredStore,
     /// Remote Asset references and downloads.
     pub asset: crate::asset::Assets,
     /// The scheduler and workers; `None` when execution is disabled.

@@ -92,6 +92,7 @@ pub async fn run(settings: Settings, server: String) -> Result<(), Error> {
             http,
             Arc::new(|| crate::server::metrics::handle().render()),
             Arc::default(),
+            None,
         ));
     }
     tracing::info!(%server, bot = %bot_id, slots = slot_count, sandbox = sandbox.backend.name(), "rexd worker starting");

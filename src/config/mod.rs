@@ -12,9 +12,13 @@ use serde::Deserialize;
 
 mod checked;
 mod pools;
+mod remote;
+mod storage;
 mod worker;
 pub use checked::{ExecutionSettings, Settings};
 pub use pools::PoolConfig;
+pub use remote::{Credentials, RemoteConfig, WritePolicy};
+pub use storage::StorageConfig;
 pub use worker::WorkerConfig;
 
 /// The documented default configuration, shipped inside the binary.
@@ -72,35 +76,6 @@ pub struct Config {
     /// How `rexd worker` reaches its server; the server itself ignores it.
     #[serde(default)]
     pub worker: WorkerConfig,
-}
-
-/// Settings of the blob store and the gRPC limits derived from it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// Largest total of blob bytes in one batch request or response.
-    pub max_batch_total_size: ByteSize,
-    /// Flush every blob to stable storage before it becomes visible.
-    pub fsync: bool,
-    /// Disk budget of the CAS; 0 means unbounded.
-    pub max_size: ByteSize,
-    /// Eviction brings the store down to this percentage of `max_size`.
-    pub low_water_percent: u8,
-    /// Blobs a client was just told exist (FindMissingBlobs, action-cache hits, fresh
-    /// outputs) are kept at least this long.
-    pub min_retention_secs: u64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            max_batch_total_size: ByteSize::mib(4),
-            fsync: true,
-            max_size: ByteSize::gib(50),
-            low_water_percent: 90,
-            min_retention_secs: 3600,
-        }
-    }
 }
 
 /// The in-process scheduler and its local workers.
@@ -448,19 +423,7 @@ impl Config {
         if exec.max_queued == 0 {
             return invalid("execution.max_queued must be at least 1".into());
         }
-        if !(1..=100).contains(&self.storage.low_water_percent) {
-            return invalid(format!(
-                "storage.low_water_percent must be between 1 and 100, not {}",
-                self.storage.low_water_percent
-            ));
-        }
-        let batch = self.storage.max_batch_total_size.as_u64();
-        if !(64 * 1024..=256 * 1024 * 1024).contains(&batch) {
-            return invalid(format!(
-                "storage.max_batch_total_size must be between 64KiB and 256MiB, not {}",
-                self.storage.max_batch_total_size
-            ));
-        }
+        self.storage.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid(format!(
                 "log_level {:?} is not a valid filter",

@@ -7,9 +7,8 @@
 use crate::error::Error;
 use crate::execution::operations;
 use crate::execution::scheduler::Job;
-use crate::offload::blocking;
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
-use crate::storage::ActionCache;
+use crate::storage::TieredStore;
 
 /// Marks `job` as executing on `executor`; `None` if it was cancelled while queued (the
 /// executor then skips it). Otherwise the metadata the executor fills in as it goes.
@@ -44,7 +43,7 @@ impl RunOutcome {
 
 /// Finishes `job` with what its executor reports.
 pub async fn finish(
-    ac: &ActionCache,
+    store: &TieredStore,
     job: &Job,
     mut outcome: RunOutcome,
     mut metadata: ExecutedActionMetadata,
@@ -61,12 +60,10 @@ pub async fn finish(
     let digest = job.spec.action_digest;
     let ac_started = std::time::Instant::now();
     if !failed && job.spec.cacheable() {
-        let (ac, instance, stored) = (
-            ac.clone(),
-            job.spec.instance.clone(),
-            outcome.result.clone(),
-        );
-        if let Err(e) = blocking(move || ac.put(&instance, &digest, &stored)).await {
+        if let Err(e) = store
+            .put_action_result(&job.spec.instance, &digest, &outcome.result)
+            .await
+        {
             tracing::error!(operation = %op.name, action = %digest, error = %e, "cannot write the action cache");
         }
     }

@@ -27,8 +27,7 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::offload::blocking;
 use crate::proto::remote_execution::RequestMetadata;
-use crate::storage::action_cache::lookup_complete;
-use crate::storage::{ActionCache, Cas};
+use crate::storage::TieredStore;
 
 pub use operations::{OperationState, Progress};
 pub use registry::Operations;
@@ -66,9 +65,9 @@ impl Engine {
         config: &ExecutionSettings,
         sandbox_config: &SandboxConfig,
         data_dir: &Path,
-        cas: Cas,
-        ac: ActionCache,
+        store: TieredStore,
     ) -> Result<Self, Error> {
+        let cas = store.cas.clone();
         let operations = Operations::new(config.retention);
         let scheduler = Arc::new(Scheduler::new(
             operations,
@@ -88,11 +87,11 @@ impl Engine {
                 config.bots.clone(),
                 scheduler.clone(),
                 cas,
-                ac.clone(),
+                store.clone(),
             )),
             workers: worker::WorkerContext {
                 slots,
-                ac,
+                store,
                 scheduler: scheduler.clone(),
                 pool: config.local_pool.unwrap_or_default(),
             },
@@ -119,13 +118,11 @@ impl Engine {
         } = submission;
         let name = instance.name.clone();
         if !skip_cache_lookup {
-            let (cas, ac, inst) = (
-                self.workers.slots.cas.clone(),
-                self.workers.ac.clone(),
-                name.clone(),
-            );
-            if let Some(result) =
-                blocking(move || lookup_complete(&cas, &ac, &inst, &action_digest)).await?
+            if let Some(result) = self
+                .workers
+                .store
+                .action_result(&name, &action_digest)
+                .await?
             {
                 let op = Operations::completed(
                     &name,
@@ -136,6 +133,7 @@ impl Engine {
                 return Ok(op);
             }
         }
+        self.workers.store.prefetch_action(&action_digest).await?;
         let this = self.clone();
         let spec = blocking(move || {
             spec::load(

@@ -20,7 +20,7 @@ use crate::execution::warm::{WarmRun, WarmSandbox};
 use crate::offload::blocking;
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
 use crate::storage::ExecutableCache;
-use crate::storage::{ActionCache, Cas, Unsynced};
+use crate::storage::{Cas, TieredStore, Unsynced};
 use tokio_util::sync::CancellationToken;
 
 /// What running an action on this host needs, whoever scheduled it: the server's local
@@ -39,7 +39,7 @@ pub struct Slots {
 #[derive(Clone)]
 pub struct WorkerContext {
     pub slots: Slots,
-    pub ac: ActionCache,
+    pub store: TieredStore,
     pub scheduler: Arc<Scheduler>,
     /// The pool whose actions the local workers take.
     pub pool: PoolId,
@@ -86,7 +86,7 @@ async fn run_job(
         .slots
         .run(slot, &job.spec, &job.op.cancel, &mut metadata, warm)
         .await;
-    completion::finish(&ctx.ac, job, outcome, metadata).await;
+    completion::finish(&ctx.store, job, outcome, metadata).await;
 }
 
 impl Slots {

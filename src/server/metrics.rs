@@ -70,17 +70,26 @@ pub fn render(ctx: &Context) -> String {
 /// What `/metrics` shows: the server's [`render`], or a worker's own counters.
 pub type Renderer = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Whether the object-store tier answers, when there is one; `/healthz` reports it.
+pub type RemoteReachable = Option<tokio::sync::watch::Receiver<bool>>;
+
 /// Serves `/metrics` and `/healthz` until the listener is dropped with its task.
-pub async fn serve(listener: TcpListener, render: Renderer, shutting_down: Arc<AtomicBool>) {
+pub async fn serve(
+    listener: TcpListener,
+    render: Renderer,
+    shutting_down: Arc<AtomicBool>,
+    remote: RemoteReachable,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let render = render.clone();
         let shutting_down = shutting_down.clone();
+        let remote = remote.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let response = respond(&render, &shutting_down, req.uri().path());
+                let response = respond(&render, &shutting_down, &remote, req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -94,6 +103,7 @@ pub async fn serve(listener: TcpListener, render: Renderer, shutting_down: Arc<A
 fn respond(
     render: &Renderer,
     shutting_down: &AtomicBool,
+    remote: &RemoteReachable,
     path: &str,
 ) -> http::Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
@@ -101,6 +111,12 @@ fn respond(
         "/healthz" if shutting_down.load(Ordering::Relaxed) => {
             (503, "text/plain", "shutting down\n".to_string())
         }
+        // Still serving: local blobs read, and write-back uploads queue, without the store.
+        "/healthz" if remote.as_ref().is_some_and(|r| !*r.borrow()) => (
+            200,
+            "text/plain",
+            "degraded: the object store is unreachable; serving from the local disk\n".to_string(),
+        ),
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
         _ => (
             404,

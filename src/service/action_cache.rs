@@ -12,8 +12,7 @@ use crate::proto::remote_execution::{
     action_cache_server::ActionCache,
 };
 use crate::state::Context;
-use crate::storage::action_cache::lookup_complete;
-use crate::storage::{Cas, tree};
+use crate::storage::Cas;
 
 /// Most bytes of stdout, stderr and output files inlined into one GetActionResult reply.
 const MAX_INLINE_BYTES: u64 = 1024 * 1024;
@@ -40,20 +39,23 @@ impl ActionCache for ActionCacheService {
             .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_required(function, req.action_digest.as_ref(), "action")?;
-        let ctx = self.ctx.clone();
+        let Some(mut result) = self
+            .ctx
+            .store
+            .action_result(&req.instance_name, &digest)
+            .await?
+        else {
+            return Err(Error::Absent(format!("no action result for {digest}")).into());
+        };
+        let wanted = inline_candidates(function, &result, &req);
+        self.ctx.store.ensure_local(&wanted).await;
+        let cas = self.ctx.cas.clone();
         let result = blocking(move || {
-            let Some(mut result) = lookup_complete(&ctx.cas, &ctx.ac, &req.instance_name, &digest)?
-            else {
-                return Ok(None);
-            };
-            inline_outputs(&ctx.cas, function, &mut result, &req)?;
-            Ok(Some(result))
+            inline_outputs(&cas, function, &mut result, &req)?;
+            Ok(result)
         })
         .await?;
-        match result {
-            Some(result) => Ok(Response::new(result)),
-            None => Err(Error::Absent(format!("no action result for {digest}")).into()),
-        }
+        Ok(Response::new(result))
     }
 
     async fn update_action_result(
@@ -81,17 +83,14 @@ impl ActionCache for ActionCacheService {
         // Malformed digests are the client's error; missing blobs (down to the files inside
         // output trees) would make the entry useless, so it is refused rather than stored.
         referenced_digests(function, &result)?;
-        let (cas, ac) = (self.ctx.cas.clone(), self.ctx.ac.clone());
-        let instance_name = req.instance_name;
-        let stored = result.clone();
-        blocking(move || {
-            let missing = tree::missing_blobs_of_result(&cas, function, &stored)?;
-            if !missing.is_empty() {
-                return Err(Error::MissingBlobs(missing));
-            }
-            ac.put(&instance_name, &digest, &stored)
-        })
-        .await?;
+        let missing = self.ctx.store.missing_of_result(&digest, &result).await?;
+        if !missing.is_empty() {
+            return Err(Error::MissingBlobs(missing).into());
+        }
+        self.ctx
+            .store
+            .put_action_result(&req.instance_name, &digest, &result)
+            .await?;
         Ok(Response::new(result))
     }
 }
@@ -125,6 +124,38 @@ fn referenced_digests(
         out.push(Digest::from_proto(function, d)?);
     }
     Ok(out)
+}
+
+/// The blobs [`inline_outputs`] may read, so a tier behind the local disk can bring them
+/// first; the size budget is applied there.
+fn inline_candidates(
+    function: DigestFunction,
+    result: &ActionResult,
+    req: &GetActionResultRequest,
+) -> Vec<Digest> {
+    let mut out = Vec::new();
+    let mut add = |d: &Option<crate::proto::remote_execution::Digest>| {
+        if let Some(d) = d
+            .as_ref()
+            .and_then(|d| Digest::from_proto(function, d).ok())
+        {
+            if d.size() <= MAX_INLINE_BYTES {
+                out.push(d);
+            }
+        }
+    };
+    if req.inline_stdout && result.stdout_raw.is_empty() {
+        add(&result.stdout_digest);
+    }
+    if req.inline_stderr && result.stderr_raw.is_empty() {
+        add(&result.stderr_digest);
+    }
+    for file in &result.output_files {
+        if file.contents.is_empty() && req.inline_output_files.contains(&file.path) {
+            add(&file.digest);
+        }
+    }
+    out
 }
 
 /// Fills in the inline contents the client asked for, within [`MAX_INLINE_BYTES`].

@@ -18,7 +18,7 @@ use crate::proto::bytestream::{
 use crate::resource::{Compression, ResourceName};
 use crate::state::Context;
 use crate::storage::BlobWriter;
-use crate::storage::stream::{self, Chunk, WriteEnd, write_chunks};
+use crate::storage::stream::{Chunk, WriteEnd, write_chunks};
 use crate::storage::uploads::{Begun, Uploads};
 
 pub struct ByteStreamService {
@@ -75,14 +75,11 @@ impl ByteStream for ByteStreamService {
             0 => remaining,
             n => n.min(remaining),
         };
-        let chunks = stream::read(
-            self.ctx.cas.clone(),
-            digest,
-            offset,
-            limit,
-            name.compression,
-        )
-        .await?;
+        let chunks = self
+            .ctx
+            .store
+            .read(digest, offset, limit, name.compression)
+            .await?;
         Ok(Response::new(Box::pin(chunks.map(|chunk| {
             chunk
                 .map(|data| ReadResponse { data })
@@ -105,7 +102,7 @@ impl ByteStream for ByteStreamService {
         let digest = name.digest;
         self.ctx.check_blob_size(&digest)?;
         let compressed = name.compression != Compression::Identity;
-        if self.ctx.cas.is_present(&digest).await? {
+        if self.ctx.store.is_present(&digest).await? {
             // Already stored: the spec lets the server end the upload at once.
             let committed = if compressed { -1 } else { digest.size() as i64 };
             return Ok(Response::new(WriteResponse {
@@ -201,9 +198,12 @@ impl ByteStream for ByteStreamService {
             .await
             .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
         match outcome {
-            WriteEnd::Committed => Ok(Response::new(WriteResponse {
-                committed_size: offset,
-            })),
+            WriteEnd::Committed => {
+                self.ctx.store.commit_upload(&[digest], &[digest]).await?;
+                Ok(Response::new(WriteResponse {
+                    committed_size: offset,
+                }))
+            }
             WriteEnd::Unfinished => Err(input_error
                 .map(Status::from)
                 .or(stream_error)
@@ -224,7 +224,7 @@ impl ByteStream for ByteStreamService {
         let caller = crate::auth::caller(&request);
         let name = ResourceName::parse_write(&request.get_ref().resource_name)?;
         self.ctx.authorize(&caller, &name.instance, Role::Write)?;
-        if self.ctx.cas.is_present(&name.digest).await? {
+        if self.ctx.store.is_present(&name.digest).await? {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: name.digest.size() as i64,
                 complete: true,

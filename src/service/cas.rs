@@ -42,7 +42,7 @@ impl ContentAddressableStorage for CasService {
             .authorize(&caller, &req.instance_name, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = Digest::all_from_proto(function, &req.blob_digests)?;
-        let missing = self.ctx.cas.find_missing(&digests);
+        let missing = self.ctx.store.find_missing(&digests).await;
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -87,6 +87,13 @@ impl ContentAddressableStorage for CasService {
                 }
             }
         }
+        // Only blobs new to the local disk may be dropped again if the bucket refuses them.
+        let new: std::collections::HashSet<Digest> = self
+            .ctx
+            .cas
+            .find_missing(valid.iter().map(|(_, d, _)| d))
+            .into_iter()
+            .collect();
         let chunks = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(valid.len().div_ceil(64))
@@ -106,11 +113,30 @@ impl ContentAddressableStorage for CasService {
                     .collect::<Vec<_>>())
             }));
         }
+        let mut stored = Vec::new();
         for outcome in futures::future::try_join_all(tasks).await? {
             for (i, result) in outcome {
-                if let Err(e) = result {
-                    responses[i].status = Some(e.to_rpc_status());
+                match result {
+                    Err(e) => responses[i].status = Some(e.to_rpc_status()),
+                    Ok(()) => stored.push(i),
                 }
+            }
+        }
+        // The object-store tier: acknowledged only once durable there, as the policy says.
+        let digests: Vec<Digest> = stored
+            .iter()
+            .filter_map(|&i| {
+                Digest::from_required(function, responses[i].digest.as_ref(), "blob").ok()
+            })
+            .collect();
+        let fresh: Vec<Digest> = digests
+            .iter()
+            .filter(|d| new.contains(d))
+            .copied()
+            .collect();
+        if let Err(e) = self.ctx.store.commit_upload(&digests, &fresh).await {
+            for &i in &stored {
+                responses[i].status = Some(e.to_rpc_status());
             }
         }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
@@ -135,6 +161,7 @@ impl ContentAddressableStorage for CasService {
             ))
             .into());
         }
+        self.ctx.store.ensure_local(&digests).await;
         let cas = self.ctx.cas.clone();
         let responses = blocking(move || {
             Ok(digests
@@ -181,6 +208,7 @@ impl ContentAddressableStorage for CasService {
         };
         // Leave headroom under the 4 MiB message size most clients accept.
         let max_bytes = 3 * 1024 * 1024;
+        self.ctx.store.prefetch_tree(&root, false).await?;
         let cas = self.ctx.cas.clone();
         let pages =
             blocking(move || tree::tree_pages(&cas, &root, page_size, max_bytes, &req.page_token))

@@ -38,3 +38,8 @@ pub fn work(data_dir: &Path) -> PathBuf {
 pub fn use_order(data_dir: &Path) -> PathBuf {
     data_dir.join("index.lru")
 }
+
+/// Uploads queued for the object store in write-back mode.
+pub fn write_back(data_dir: &Path) -> PathBuf {
+    data_dir.join("remote-queue")
+}

@@ -1,6 +1,7 @@
 //! Durable state: the content-addressed blob store, its in-memory index, the action cache,
 //! the Remote Asset references, the tree walks that read Directory protos out of the CAS,
-//! the uploads in progress, and the layout of it all under the data directory.
+//! the uploads in progress, the layout of it all under the data directory, and the optional
+//! object-store tier behind the local disk ([`remote`], joined to it in [`tiered`]).
 
 pub mod action_cache;
 pub mod asset_store;
@@ -11,8 +12,10 @@ pub mod eviction;
 pub mod executable;
 pub mod index;
 pub mod layout;
+pub mod remote;
 pub mod stats;
 pub mod stream;
+pub mod tiered;
 pub mod tree;
 pub mod uploads;
 pub mod verify;
@@ -22,6 +25,7 @@ pub use asset_store::AssetStore;
 pub use blob_writer::{BlobWriter, Unsynced};
 pub use cas::{Cas, CasOptions, Lease};
 pub use executable::ExecutableCache;
+pub use tiered::TieredStore;
 
 use std::path::Path;
 

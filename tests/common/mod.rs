@@ -8,6 +8,8 @@ pub mod bst;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.
 pub mod fs;
+/// A real S3 server (Garage) for the object-store tier tests.
+pub mod garage;
 pub mod netns;
 pub mod sandboxed;
 /// Helpers of the storage tests.

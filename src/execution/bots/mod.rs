@@ -21,7 +21,7 @@ use crate::execution::pools::PoolId;
 use crate::execution::scheduler::Scheduler;
 use crate::offload::blocking;
 use crate::proto::remoteworkers::{BotSession, BotStatus, LeaseState, Worker};
-use crate::storage::{ActionCache, Cas};
+use crate::storage::{Cas, TieredStore};
 use session::{Held, Session};
 
 /// The worker property a bot states its concurrent leases with.
@@ -41,7 +41,7 @@ pub struct BotFarm {
     limits: BotLimits,
     scheduler: Arc<Scheduler>,
     cas: Cas,
-    ac: ActionCache,
+    store: TieredStore,
     state: Mutex<Farm>,
 }
 
@@ -54,12 +54,12 @@ struct Farm {
 }
 
 impl BotFarm {
-    pub fn new(limits: BotLimits, scheduler: Arc<Scheduler>, cas: Cas, ac: ActionCache) -> Self {
+    pub fn new(limits: BotLimits, scheduler: Arc<Scheduler>, cas: Cas, store: TieredStore) -> Self {
         BotFarm {
             limits,
             scheduler,
             cas,
-            ac,
+            store,
             state: Mutex::default(),
         }
     }
@@ -321,7 +321,7 @@ impl BotFarm {
         if metadata.worker_start_timestamp.is_none() {
             metadata.worker_start_timestamp = held.metadata.worker_start_timestamp;
         }
-        completion::finish(&self.ac, &job, RunOutcome { result, error }, metadata).await;
+        completion::finish(&self.store, &job, RunOutcome { result, error }, metadata).await;
         self.scheduler.finished(&job);
     }
 
