@@ -69,12 +69,7 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
     let started = std::time::Instant::now();
     let cas = Cas::open(data_dir, settings.cas.clone())?;
     let ac = ActionCache::open(data_dir, config.storage.fsync)?;
-    let asset = crate::asset::Assets::open(
-        &config.asset,
-        settings.download_timeout,
-        cas.clone(),
-        config.storage.fsync,
-    )?;
+
     tracing::info!(
         data_dir = %data_dir.display(),
         blobs = cas.index().len(),
@@ -86,6 +81,12 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         cas.clone(),
         ac.clone(),
         config.storage.remote.as_ref(),
+        config.storage.fsync,
+    )?;
+    let asset = crate::asset::Assets::open(
+        &config.asset,
+        settings.download_timeout,
+        store.clone(),
         config.storage.fsync,
     )?;
     let execution = if config.execution.enabled {
@@ -297,6 +298,7 @@ pub async fn run(
         }
     }
     order_saver.abort();
+    ctx.store.stop();
     if let Some(task) = metrics_task {
         task.abort();
     }

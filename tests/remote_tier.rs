@@ -273,3 +273,70 @@ async fn a_tampered_object_is_never_served() {
     assert!(data.is_empty());
     common::storage::assert_cas_files_are_complete_blobs(second.data_dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_references_are_shared_and_an_empty_disk_loses_nothing() {
+    use common::asset::{assert_found, fetch_dir, push_blob, push_dir, tree};
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let first = frontend(&garage, "assets").await;
+    let blob = b"a pushed asset".to_vec();
+    common::upload_blobs(&first, &[&blob]).await;
+    push_blob(&first, &["https://example.com/a.tgz"], &[], &blob)
+        .await
+        .unwrap();
+    let (root, blobs) = tree(b"file a", b"file b");
+    let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+    common::upload_blobs(&first, &refs).await;
+    push_dir(&first, "https://example.com/tree", &root)
+        .await
+        .unwrap();
+
+    // The first frontend's machine is lost; a new one starts on an empty disk.
+    drop(first.stop().await);
+    let second = frontend(&garage, "assets").await;
+    let reply = common::asset::fetch_blob(&second, &["https://example.com/a.tgz"], &[]).await;
+    assert_found(reply, &blob);
+    let dir = fetch_dir(&second, "https://example.com/tree")
+        .await
+        .unwrap();
+    assert_eq!(dir.root_directory_digest, Some(root.clone()));
+    // Qualifiers are part of the identity: another qualifier set is another reference.
+    let other = common::asset::fetch_blob(
+        &second,
+        &["https://example.com/a.tgz"],
+        &[("vcs.branch", "x")],
+    )
+    .await;
+    assert_eq!(
+        other
+            .map(|r| r.status.unwrap_or_default().code)
+            .unwrap_or_else(|s| s.code() as i32),
+        Code::NotFound as i32
+    );
+    let missing = find_missing(&second, refs.iter().map(|b| digest(b)).collect()).await;
+    assert!(
+        missing.is_empty(),
+        "every blob of the tree is still served: {missing:?}"
+    );
+    let got = second
+        .cas()
+        .await
+        .get_tree(re::GetTreeRequest {
+            root_digest: Some(root),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.directories.len(),
+        2,
+        "GetTree reads the tree from the bucket"
+    );
+}

@@ -14,7 +14,7 @@ use crate::config::AssetConfig;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::storage::asset_store::{AssetKey, AssetKind, AssetRecord};
-use crate::storage::{AssetStore, Cas, tree};
+use crate::storage::{AssetStore, TieredStore, tree};
 
 pub use download::Downloader;
 
@@ -25,7 +25,8 @@ pub const CHECKSUM_SRI: &str = "checksum.sri";
 #[derive(Clone)]
 pub struct Assets {
     store: AssetStore,
-    cas: Cas,
+    /// The CAS (and the object-store tier, where references are shared with other frontends).
+    tiers: TieredStore,
     downloader: Downloader,
 }
 
@@ -102,14 +103,15 @@ impl Assets {
     pub fn open(
         config: &AssetConfig,
         download_timeout: Duration,
-        cas: Cas,
+        tiers: TieredStore,
         fsync: bool,
     ) -> Result<Self, Error> {
+        let cas = tiers.cas.clone();
         let store = AssetStore::open(cas.data_dir(), fsync)?;
-        let downloader = Downloader::new(config, download_timeout, cas.clone(), store.clone())?;
+        let downloader = Downloader::new(config, download_timeout, cas, store.clone())?;
         Ok(Assets {
             store,
-            cas,
+            tiers,
             downloader,
         })
     }
@@ -119,20 +121,26 @@ impl Assets {
     }
 
     /// The first URI of `query` with a live reference, inserted no earlier than `oldest`,
-    /// whose content is all in the CAS. Blocking.
-    pub fn lookup(
+    /// whose content is all stored. A reference another frontend pushed is read from the
+    /// object-store tier and kept locally.
+    pub async fn lookup(
         &self,
         query: &Query,
         oldest: Option<SystemTime>,
     ) -> Result<Option<Resolved>, Error> {
         for uri in &query.uris {
-            let Some(record) = self.store.get(&query.key(uri)) else {
+            let key = query.key(uri);
+            let record = match self.store.get(&key) {
+                Some(record) => Some(record),
+                None => self.shared_record(&key).await?,
+            };
+            let Some(record) = record else {
                 continue;
             };
             if oldest.is_some_and(|t| record.inserted_at < t) {
                 continue;
             }
-            let missing = self.missing_content(query.kind, &record)?;
+            let missing = self.missing_content(query.kind, &record).await?;
             if !missing.is_empty() {
                 tracing::debug!(
                     uri,
@@ -149,17 +157,54 @@ impl Assets {
         Ok(None)
     }
 
-    /// Stores `record` under every URI of `query`, once all its content is in the CAS
-    /// (FAILED_PRECONDITION naming what is missing otherwise). Blocking.
-    pub fn push(&self, query: &Query, record: AssetRecord) -> Result<(), Error> {
-        let missing = self.missing_content(query.kind, &record)?;
+    /// Stores `record` under every URI of `query`, once all its content is stored
+    /// (FAILED_PRECONDITION naming what is missing otherwise), in both tiers.
+    pub async fn push(&self, query: &Query, record: AssetRecord) -> Result<(), Error> {
+        let missing = self.missing_content(query.kind, &record).await?;
         if !missing.is_empty() {
             return Err(Error::MissingBlobs(missing));
         }
         for uri in &query.uris {
-            self.store.put(query.key(uri), record.clone())?;
+            self.keep(query.key(uri), record.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Stores one reference locally and, with an object-store tier, there too.
+    async fn keep(&self, key: AssetKey, record: AssetRecord) -> Result<(), Error> {
+        if let Some(remote) = self.tiers.remote() {
+            let name = remote.keys.asset(&AssetStore::name_of(&key));
+            let body = AssetStore::encode(&key, &record)?;
+            self.tiers.replicate_object(name, body.into()).await?;
+        }
+        let store = self.store.clone();
+        crate::offload::blocking(move || store.put(key, record)).await
+    }
+
+    /// A live reference another frontend stored in the object-store tier, kept locally.
+    async fn shared_record(&self, key: &AssetKey) -> Result<Option<AssetRecord>, Error> {
+        let Some(remote) = self.tiers.remote() else {
+            return Ok(None);
+        };
+        let name = remote.keys.asset(&AssetStore::name_of(key));
+        let data = match remote.get_bytes(&name).await {
+            Ok(Some(data)) => data,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(uri = %key.uri, error = %e, "cannot read shared asset references; a miss");
+                return Ok(None);
+            }
+        };
+        let Some(record) = AssetStore::decode(key, &data) else {
+            tracing::warn!(uri = %key.uri, object = %name, "shared asset reference does not decode or names another key; ignoring it");
+            return Ok(None);
+        };
+        if record.is_expired(SystemTime::now()) {
+            return Ok(None);
+        }
+        let (store, k, r) = (self.store.clone(), key.clone(), record.clone());
+        crate::offload::blocking(move || store.put(k, r)).await?;
+        Ok(Some(record))
     }
 
     /// Resolves `query` from the references, else (blobs only, when allowed) by downloading
@@ -171,10 +216,7 @@ impl Assets {
         timeout: Option<Duration>,
     ) -> Result<Fetched, Error> {
         let started = SystemTime::now();
-        let this = self.clone();
-        let q = query.clone();
-        let found = crate::offload::blocking(move || this.lookup(&q, oldest)).await?;
-        if let Some(found) = found {
+        if let Some(found) = self.lookup(&query, oldest).await? {
             return Ok(Fetched::Found(found));
         }
         let what = match query.kind {
@@ -217,6 +259,11 @@ impl Assets {
             };
             match result {
                 Ok(record) => {
+                    // A download is shared like a push: its blob and its reference.
+                    if self.tiers.remote().is_some() {
+                        self.tiers.replicate(&[record.digest]).await?;
+                        self.keep(query.key(uri), record.clone()).await?;
+                    }
                     return Ok(Fetched::Found(Resolved {
                         uri: uri.clone(),
                         record,
@@ -234,10 +281,28 @@ impl Assets {
         }
     }
 
-    /// Everything `record` names that is absent from the CAS (the blob, or every Directory
-    /// and file of the tree, plus its referenced blobs and trees). Present content is pinned.
-    fn missing_content(&self, kind: AssetKind, record: &AssetRecord) -> Result<Vec<Digest>, Error> {
-        let cas = &self.cas;
+    /// Everything `record` names that neither tier holds (the blob, or every Directory and
+    /// file of the tree, plus its referenced blobs and trees). Present content is pinned.
+    async fn missing_content(
+        &self,
+        kind: AssetKind,
+        record: &AssetRecord,
+    ) -> Result<Vec<Digest>, Error> {
+        if self.tiers.remote().is_some() {
+            let trees = record.referenced_directories.iter();
+            let roots = trees.chain((kind == AssetKind::Directory).then_some(&record.digest));
+            for root in roots {
+                self.tiers.prefetch_tree(root, false).await?;
+            }
+        }
+        let (this, record2) = (self.clone(), record.clone());
+        let locally =
+            crate::offload::blocking(move || this.missing_locally(kind, &record2)).await?;
+        Ok(self.tiers.find_missing(&locally).await)
+    }
+
+    fn missing_locally(&self, kind: AssetKind, record: &AssetRecord) -> Result<Vec<Digest>, Error> {
+        let cas = &self.tiers.cas;
         let mut missing = Vec::new();
         let mut trees: Vec<&Digest> = record.referenced_directories.iter().collect();
         match kind {

@@ -14,7 +14,6 @@ use crate::asset::{Fetched, Query, Resolved};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
-use crate::offload::blocking;
 use crate::proto::asset::{
     FetchBlobRequest, FetchBlobResponse, FetchDirectoryRequest, FetchDirectoryResponse,
     PushBlobRequest, PushBlobResponse, PushDirectoryRequest, PushDirectoryResponse, Qualifier,
@@ -227,8 +226,7 @@ impl PushService {
                 &pushed.references_directories,
             )?,
         };
-        let assets = self.ctx.asset.clone();
-        blocking(move || assets.push(&query, record)).await
+        self.ctx.asset.push(&query, record).await
     }
 }
 

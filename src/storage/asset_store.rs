@@ -142,20 +142,34 @@ impl AssetStore {
         if !parent.exists() {
             ensure_dir(parent)?;
         }
-        let text = toml::to_string(&RecordFile::new(&key, &record))
-            .map_err(|e| Error::Bug(format!("encoding an asset reference: {e}")))?;
-        write_atomic(
-            &self.inner.tmp_dir,
-            &path,
-            text.as_bytes(),
-            self.inner.fsync,
-        )?;
+        let text = Self::encode(&key, &record)?;
+        write_atomic(&self.inner.tmp_dir, &path, &text, self.inner.fsync)?;
         self.inner
             .map
             .lock()
             .expect("asset map poisoned")
             .insert(key, record);
         Ok(())
+    }
+
+    /// The name a reference goes by outside this store (the object-store tier's key).
+    pub fn name_of(key: &AssetKey) -> String {
+        key.file_stem()
+    }
+
+    /// A reference in the form it is stored in, for another tier to hold.
+    pub fn encode(key: &AssetKey, record: &AssetRecord) -> Result<Vec<u8>, Error> {
+        toml::to_string(&RecordFile::new(key, record))
+            .map(String::into_bytes)
+            .map_err(|e| Error::Bug(format!("encoding an asset reference: {e}")))
+    }
+
+    /// The record in `data`, if it decodes and is the reference of `key`: a copy from
+    /// another tier is believed only for the key it is named after.
+    pub fn decode(key: &AssetKey, data: &[u8]) -> Option<AssetRecord> {
+        let text = std::str::from_utf8(data).ok()?;
+        let (found, record) = toml::from_str::<RecordFile>(text).ok()?.parse()?;
+        (found == *key).then_some(record)
     }
 
     /// Number of references held (expired ones not yet dropped included).

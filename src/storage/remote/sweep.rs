@@ -88,21 +88,29 @@ pub async fn refresh(remote: &Remote, key: &Path, now: SystemTime) -> Result<boo
     Ok(true)
 }
 
-/// Starts the tier's background tasks; they end with the runtime.
-pub fn spawn(remote: Arc<Remote>, cas: Cas, queue: Option<Arc<WriteBack>>) -> Refresher {
+/// Starts the tier's background tasks; the handles abort them when the server stops.
+pub fn spawn(
+    remote: Arc<Remote>,
+    cas: Cas,
+    queue: Option<Arc<WriteBack>>,
+) -> (Refresher, Vec<tokio::task::AbortHandle>) {
     let (tx, mut rx) = mpsc::channel::<Path>(REFRESH_QUEUE);
     let r = remote.clone();
-    tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    let mut spawn = |task: futures::future::BoxFuture<'static, ()>| {
+        tasks.push(tokio::spawn(task).abort_handle())
+    };
+    spawn(Box::pin(async move {
         while let Some(key) = rx.recv().await {
             if let Err(e) = refresh(&r, &key, SystemTime::now()).await {
                 tracing::debug!(%key, error = %e, "refresh failed; the next use retries it");
             }
         }
-    });
+    }));
     if remote.config.max_age().is_some() {
         let r = remote.clone();
         let every = Duration::from_secs(remote.config.sweep_interval_secs);
-        tokio::spawn(async move {
+        spawn(Box::pin(async move {
             let mut ticks = tokio::time::interval(every);
             loop {
                 ticks.tick().await;
@@ -110,10 +118,10 @@ pub fn spawn(remote: Arc<Remote>, cas: Cas, queue: Option<Arc<WriteBack>>) -> Re
                     tracing::warn!(error = %e, "object store sweep failed");
                 }
             }
-        });
+        }));
     }
     let r = remote.clone();
-    tokio::spawn(async move {
+    spawn(Box::pin(async move {
         let mut reachable = r.watch_reachable();
         loop {
             if *reachable.borrow_and_update() {
@@ -125,11 +133,11 @@ pub fn spawn(remote: Arc<Remote>, cas: Cas, queue: Option<Arc<WriteBack>>) -> Re
             tokio::time::sleep(PROBE_INTERVAL).await;
             r.probe().await;
         }
-    });
+    }));
     if let Some(queue) = queue {
-        tokio::spawn(drain(remote, cas, queue));
+        spawn(Box::pin(drain(remote, cas, queue)));
     }
-    Refresher { tx }
+    (Refresher { tx }, tasks)
 }
 
 /// Uploads queued entries until the process ends, backing off while the store is down.

@@ -46,6 +46,7 @@ struct Tier {
     queue: Option<Arc<WriteBack>>,
     /// Set by [`TieredStore::start`], once a runtime runs the background tasks.
     refresher: Mutex<Option<Refresher>>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl TieredStore {
@@ -92,6 +93,7 @@ impl TieredStore {
                 remote,
                 queue,
                 refresher: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
             })),
         })
     }
@@ -100,8 +102,21 @@ impl TieredStore {
     /// from inside the runtime.
     pub fn start(&self) {
         if let Some(tier) = &self.tier {
-            let refresher = sweep::spawn(tier.remote.clone(), self.cas.clone(), tier.queue.clone());
+            let (refresher, tasks) =
+                sweep::spawn(tier.remote.clone(), self.cas.clone(), tier.queue.clone());
             *tier.refresher.lock().expect("refresher lock") = Some(refresher);
+            *tier.tasks.lock().expect("tasks lock") = tasks;
+        }
+    }
+
+    /// Stops the background tasks; what the write-back queue holds stays on disk for the
+    /// next start.
+    pub fn stop(&self) {
+        if let Some(tier) = &self.tier {
+            for task in tier.tasks.lock().expect("tasks lock").drain(..) {
+                task.abort();
+            }
+            tier.refresher.lock().expect("refresher lock").take();
         }
     }
 
