@@ -6,12 +6,13 @@
 //! The binary is `$REXD_GARAGE`, else `garage` on the PATH, else `/opt/garage/bin/garage`
 //! (where `.ci/run` installs it).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rexd::config::RemoteConfig;
+
+use super::child::free_port;
 use tempfile::TempDir;
 
 pub const BUCKET: &str = "rexd";
@@ -57,14 +58,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(name))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Garage {

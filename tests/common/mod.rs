@@ -5,11 +5,15 @@
 pub mod bazel;
 pub mod bots;
 pub mod bst;
+/// rexd as a child process, to kill.
+pub mod child;
 pub mod exec;
 /// Fixture copying shared by the end-to-end workspaces.
 pub mod fs;
 /// A real S3 server (Garage) for the object-store tier tests.
 pub mod garage;
+/// The upload load the kill tests put on a child server.
+pub mod kill_load;
 pub mod netns;
 pub mod sandboxed;
 /// Helpers of the storage tests.
