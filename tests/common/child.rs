@@ -38,18 +38,74 @@ impl Rexd {
     /// returns how long that took from the spawn.
     pub async fn start(bin: &Path, config: &Path, data_dir: &Path, log: &Path) -> (Rexd, Duration) {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let command = Command::new(bin);
+        Self::spawn(
+            command,
+            addr,
+            addr,
+            config,
+            data_dir,
+            log,
+            |url| async move {
+                match CapabilitiesClient::connect(url).await {
+                    Ok(mut caps) => caps
+                        .get_capabilities(re::GetCapabilitiesRequest::default())
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await
+    }
+
+    /// Starts `rexd serve` inside network namespace `ns`, on `port` of every address there,
+    /// and waits until the port accepts connections.
+    pub async fn start_in_netns(
+        ns: &str,
+        port: u16,
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+    ) -> Rexd {
+        let command = super::netns::Hosts::command_in(ns, &rexd_binary());
+        let listen: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let ns = ns.to_string();
+        let ready = move |_url: String| {
+            let ns = ns.clone();
+            async move {
+                super::netns::Hosts::inside(&ns, move || {
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                })
+            }
+        };
+        Self::spawn(command, listen, addr, config, data_dir, log, ready)
+            .await
+            .0
+    }
+
+    async fn spawn<F: std::future::Future<Output = bool>>(
+        mut command: Command,
+        listen: SocketAddr,
+        addr: SocketAddr,
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+        ready: impl Fn(String) -> F,
+    ) -> (Rexd, Duration) {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let spawned = Instant::now();
-        let child = Command::new(bin)
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir)
             .stdin(Stdio::null())
@@ -74,14 +130,8 @@ impl Rexd {
                 "rexd did not answer within {PATIENCE:?}:\n{}",
                 rexd.log_text()
             );
-            if let Ok(mut caps) = CapabilitiesClient::connect(rexd.url()).await
-                && caps
-                    .get_capabilities(re::GetCapabilitiesRequest::default())
-                    .await
-                    .is_ok()
-            {
-                let ready = spawned.elapsed();
-                return (rexd, ready);
+            if ready(rexd.url()).await {
+                return (rexd, spawned.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

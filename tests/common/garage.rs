@@ -26,7 +26,12 @@ pub struct Garage {
     dir: TempDir,
     binary: PathBuf,
     child: Option<Child>,
+    /// The network namespace the node runs in; `None` for the test's own (loopback).
+    netns: Option<String>,
+    /// The address its S3 API and RPC listen on.
+    pub ip: String,
     pub s3_port: u16,
+    rpc_port: u16,
 }
 
 /// The Garage binary, or `None` (after a loud notice) when it is missing outside CI.
@@ -60,52 +65,132 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The RPC secret every node of a test cluster shares.
+fn rpc_secret() -> String {
+    (0..32)
+        .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
+        .collect()
+}
+
 impl Garage {
-    /// A running single-node Garage with bucket [`BUCKET`], or `None` if it is not installed.
+    /// A running single-node Garage on loopback with bucket [`BUCKET`], or `None` if it is
+    /// not installed.
     pub fn start() -> Option<Garage> {
         let binary = garage_or_skip()?;
-        let dir = tempfile::tempdir().unwrap();
-        let (s3_port, rpc_port) = (free_port(), free_port());
-        let secret: String = (0..32)
-            .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
+        let node = Garage::spawn(binary, None, "127.0.0.1", free_port(), free_port(), 1);
+        node.set_up(std::slice::from_ref(&node));
+        Some(node)
+    }
+
+    /// A Garage cluster of one node per worker host of `hosts` (routed to one another),
+    /// storing every object on all of them, with bucket [`BUCKET`].
+    pub fn start_cluster(hosts: &super::netns::Hosts) -> Option<Vec<Garage>> {
+        let binary = garage_or_skip()?;
+        let nodes: Vec<Garage> = hosts
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let ip = super::netns::Hosts::worker_addr(i);
+                Garage::spawn(
+                    binary.clone(),
+                    Some(ns.clone()),
+                    &ip,
+                    3900,
+                    3901,
+                    hosts.workers.len(),
+                )
+            })
             .collect();
+        for other in &nodes[1..] {
+            let peer = format!("{}@{}:{}", other.node_id(), other.ip, other.rpc_port);
+            nodes[0].cli(&["node", "connect", &peer]);
+        }
+        nodes[0].set_up(&nodes);
+        Some(nodes)
+    }
+
+    fn spawn(
+        binary: PathBuf,
+        netns: Option<String>,
+        ip: &str,
+        s3_port: u16,
+        rpc_port: u16,
+        replication: usize,
+    ) -> Garage {
+        let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "metadata_dir = \"{root}/meta\"\n\
              data_dir = \"{root}/data\"\n\
              db_engine = \"sqlite\"\n\
-             replication_factor = 1\n\
-             rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
-             rpc_public_addr = \"127.0.0.1:{rpc_port}\"\n\
+             replication_factor = {replication}\n\
+             rpc_bind_addr = \"{ip}:{rpc_port}\"\n\
+             rpc_public_addr = \"{ip}:{rpc_port}\"\n\
              rpc_secret = \"{secret}\"\n\
              [s3_api]\n\
              s3_region = \"garage\"\n\
-             api_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+             api_bind_addr = \"{ip}:{s3_port}\"\n\
              root_domain = \".s3.garage.localhost\"\n",
-            root = dir.path().display()
+            root = dir.path().display(),
+            secret = rpc_secret(),
         );
         std::fs::write(dir.path().join("garage.toml"), config).unwrap();
-        let mut garage = Garage {
+        let mut node = Garage {
             dir,
             binary,
             child: None,
+            netns,
+            ip: ip.to_string(),
             s3_port,
+            rpc_port,
         };
-        garage.run();
-        let node = garage.cli(&["node", "id", "-q"]);
-        let node = node.trim().split('@').next().unwrap().to_string();
-        garage.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        garage.cli(&["layout", "apply", "--version", "1"]);
-        garage.cli(&["bucket", "create", BUCKET]);
-        garage.cli(&["key", "import", "--yes", "-n", "rexd", KEY_ID, SECRET]);
-        garage.cli(&[
+        node.run();
+        node
+    }
+
+    /// Gives every node of `nodes` a role (one zone each), then makes the bucket and key.
+    fn set_up(&self, nodes: &[Garage]) {
+        for (i, node) in nodes.iter().enumerate() {
+            let zone = format!("dc{i}");
+            self.cli(&["layout", "assign", "-z", &zone, "-c", "1G", &node.node_id()]);
+        }
+        self.cli(&["layout", "apply", "--version", "1"]);
+        self.cli(&["bucket", "create", BUCKET]);
+        self.cli(&["key", "import", "--yes", "-n", "rexd", KEY_ID, SECRET]);
+        self.cli(&[
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
         ]);
-        std::fs::write(
-            garage.credentials_path(),
-            format!("access_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n"),
-        )
-        .unwrap();
-        Some(garage)
+        for node in nodes {
+            std::fs::write(
+                node.credentials_path(),
+                format!("access_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n"),
+            )
+            .unwrap();
+        }
+    }
+
+    fn node_id(&self) -> String {
+        let id = self.cli(&["node", "id", "-q"]);
+        id.trim().split('@').next().unwrap().to_string()
+    }
+
+    /// The node's own binary, run in its namespace.
+    fn command(&self) -> Command {
+        let mut command = match &self.netns {
+            Some(ns) => super::netns::Hosts::command_in(ns, &self.binary),
+            None => Command::new(&self.binary),
+        };
+        command.arg("-c").arg(self.config_path());
+        command
+    }
+
+    fn s3_answers(&self) -> bool {
+        let (ip, port) = (self.ip.clone(), self.s3_port);
+        let connect = move || std::net::TcpStream::connect((ip.as_str(), port)).is_ok();
+        match &self.netns {
+            Some(ns) => super::netns::Hosts::inside(ns, connect),
+            None => connect(),
+        }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -117,16 +202,15 @@ impl Garage {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.ip, self.s3_port)
     }
 
     /// Starts the server process and waits until its S3 port accepts connections and its
     /// CLI answers.
     fn run(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(self.config_path())
+        let child = self
+            .command()
             .arg("server")
             .env("RUST_LOG", "warn")
             .stdout(log.try_clone().unwrap())
@@ -136,16 +220,14 @@ impl Garage {
         self.child = Some(child);
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            let status = Command::new(&self.binary)
-                .arg("-c")
-                .arg(self.config_path())
+            let status = self
+                .command()
                 .arg("status")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .unwrap();
-            if status.success() && std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
-            {
+            if status.success() && self.s3_answers() {
                 return;
             }
             assert!(
@@ -162,12 +244,7 @@ impl Garage {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.binary)
-            .arg("-c")
-            .arg(self.config_path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command().args(args).output().unwrap();
         assert!(
             out.status.success(),
             "garage {args:?} failed: {}{}",

@@ -124,23 +124,7 @@ impl TestServer {
 
     pub async fn channel(&self) -> Channel {
         if let Some(ns) = &self.netns {
-            // Each connection's socket is made inside the server's namespace.
-            let (ns, port) = (ns.clone(), self.addr.port());
-            return Channel::from_static("http://server.invalid")
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let ns = ns.clone();
-                    async move {
-                        let stream = netns::Hosts::inside(&ns, move || {
-                            std::net::TcpStream::connect(("127.0.0.1", port))
-                        })?;
-                        stream.set_nonblocking(true)?;
-                        let stream = tokio::net::TcpStream::from_std(stream)?;
-                        stream.set_nodelay(true)?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                }))
-                .await
-                .expect("connecting to the test server in its namespace");
+            return netns::Hosts::channel_into(ns, self.addr.port()).await;
         }
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()

@@ -144,6 +144,65 @@ impl Hosts {
         .expect("namespace thread")
     }
 
+    /// Worker `i`'s address, as the server host and (once routed) the other workers reach it.
+    pub fn worker_addr(i: usize) -> String {
+        format!("10.77.{i}.2")
+    }
+
+    /// Lets the worker hosts reach one another, through the server host as their router
+    /// (for a cluster of services spread over the worker hosts).
+    pub fn route_between_workers(&self) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.server,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .unwrap();
+        for (i, ns) in self.workers.iter().enumerate() {
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.77.{i}.1"),
+            ])
+            .unwrap();
+        }
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command_in(ns: &str, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(program);
+        command
+    }
+
+    /// A gRPC channel to `port` on the loopback of namespace `ns`; each connection's socket
+    /// is made inside it.
+    pub async fn channel_into(ns: &str, port: u16) -> tonic::transport::Channel {
+        let ns = ns.to_string();
+        tonic::transport::Channel::from_static("http://server.invalid")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let ns = ns.clone();
+                async move {
+                    let stream = Self::inside(&ns, move || {
+                        std::net::TcpStream::connect(("127.0.0.1", port))
+                    })?;
+                    stream.set_nonblocking(true)?;
+                    let stream = tokio::net::TcpStream::from_std(stream)?;
+                    stream.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connecting to a server in its namespace")
+    }
+
     /// A listener on every address of the server host.
     pub fn server_listener(&self) -> std::net::TcpListener {
         let listener = Self::inside(&self.server, || {
