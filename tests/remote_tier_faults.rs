@@ -86,6 +86,11 @@ async fn an_outage_degrades_but_acknowledges_nothing_the_bucket_lacks() {
     let status = bs_write(&server, &pseudo_random(MIB, 9)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("object store"), "{status:?}");
+    // A blob of several parts, streamed to the bucket as it arrives, is refused as well.
+    let large = pseudo_random(12 * MIB, 10);
+    let status = bs_write(&server, &large).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!server.ctx.cas.contains(&sha(&large)));
     assert!(
         !server.ctx.cas.contains(&sha(&fresh)),
         "what was refused is not kept either"
@@ -110,6 +115,13 @@ async fn an_outage_degrades_but_acknowledges_nothing_the_bucket_lacks() {
 
     garage.restart();
     assert_eq!(batch_update(&server, &fresh).await, Code::Ok);
+    bs_write(&server, &large).await.unwrap();
+    let meta = garage.client().head(&blob_key("o", &large)).await.unwrap();
+    assert_eq!(
+        meta.size,
+        large.len() as u64,
+        "streamed in parts once the store is back"
+    );
     wait_for_health(&server, ServingStatus::Serving).await;
     garage.client().head(&blob_key("o", &fresh)).await.unwrap();
 }

@@ -17,7 +17,7 @@ mod storage;
 mod worker;
 pub use checked::{ExecutionSettings, Settings};
 pub use pools::PoolConfig;
-pub use remote::{Credentials, RemoteConfig, WritePolicy};
+pub use remote::{Credentials, EMPTY_INSTANCE_KEY, RemoteConfig, WritePolicy};
 pub use storage::StorageConfig;
 pub use worker::WorkerConfig;
 
@@ -424,6 +424,13 @@ impl Config {
             return invalid("execution.max_queued must be at least 1".into());
         }
         self.storage.validate()?;
+        if self.storage.remote.is_some() && self.instance(remote::EMPTY_INSTANCE_KEY).is_some() {
+            return invalid(format!(
+                "instance {:?} cannot be served with [storage.remote]: the bucket stores the \
+                 empty instance name's action results under that name",
+                remote::EMPTY_INSTANCE_KEY
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid(format!(
                 "log_level {:?} is not a valid filter",

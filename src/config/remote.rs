@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
+/// The bucket key segment of the empty instance name (see `storage::remote::keys`).
+pub const EMPTY_INSTANCE_KEY: &str = "_";
+
 /// When an upload is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -45,3 +45,36 @@ fn bad_instances_rejected() {
     assert!(!c.instance("a").unwrap().allow_ac_updates);
     assert!(c.instance("").is_none());
 }
+
+/// The commented `[storage.remote]` block of the embedded file, uncommented: every key it
+/// documents parses, with the documented defaults.
+#[test]
+fn documented_remote_section_parses() {
+    let start = DEFAULT_TOML.find("# [storage.remote]").unwrap();
+    let end = start + DEFAULT_TOML[start..].find("\n\n").unwrap();
+    let section: String = DEFAULT_TOML[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::from_toml(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+    let remote = c.storage.remote.unwrap();
+    assert_eq!(remote.bucket, "rexd");
+    let defaults = RemoteConfig::default();
+    assert_eq!(remote.write_policy, defaults.write_policy);
+    assert_eq!(remote.max_concurrency, defaults.max_concurrency);
+    assert_eq!(
+        remote.existence_cache_entries,
+        defaults.existence_cache_entries
+    );
+    assert_eq!(remote.max_write_back_queue, defaults.max_write_back_queue);
+    assert_eq!(remote.request_timeout_secs, defaults.request_timeout_secs);
+    assert_eq!(remote.max_age_days, defaults.max_age_days);
+
+    let with_underscore = format!("{section}[[instances]]\nname = \"_\"\n");
+    let err = Config::from_toml(&with_underscore).unwrap_err();
+    assert!(err.to_string().contains("\"_\""), "{err}");
+    let err = Config::from_toml("[storage.remote]\nsecret_access_key = \"x\"").unwrap_err();
+    assert!(err.to_string().contains("secret_access_key"), "{err}");
+}

@@ -55,6 +55,12 @@ pub fn render(ctx: &Context) -> String {
     metrics::gauge!("rexd_cas_evictions_total").set(stats.evictions as f64);
     metrics::gauge!("rexd_cas_evicted_bytes_total").set(stats.evicted_bytes as f64);
     metrics::gauge!("rexd_cas_corrupt_blobs_total").set(stats.corrupt as f64);
+    if let Some(remote) = ctx.store.remote() {
+        metrics::gauge!("rexd_remote_reachable").set(f64::from(u8::from(remote.is_reachable())));
+        metrics::gauge!("rexd_remote_write_back_queue").set(ctx.store.queued_uploads() as f64);
+        metrics::gauge!("rexd_remote_known_objects").set(remote.known.len() as f64);
+        metrics::gauge!("rexd_remote_fills_in_flight").set(remote.fetches.len() as f64);
+    }
     if let Some(engine) = &ctx.execution {
         let running = engine.running();
         metrics::gauge!("rexd_actions_queued").set(engine.queued() as f64);

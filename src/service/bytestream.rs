@@ -109,6 +109,11 @@ impl ByteStream for ByteStreamService {
                 committed_size: committed,
             }));
         }
+        // A fresh upload in write-through mode goes to the bucket as it arrives.
+        let mut streamed = match (first.write_offset, compressed) {
+            (0, false) => self.ctx.store.begin_streamed_upload(&digest).await?,
+            _ => None,
+        };
         let Begun { upload, resumed } = self.uploads.begin(&upload_key(&name)).await;
         let start = match (first.write_offset, resumed) {
             (0, _) => None,
@@ -130,6 +135,7 @@ impl ByteStream for ByteStreamService {
         // As for reads: one chunk queued while the writer writes the previous one.
         let (tx, rx) = mpsc::channel::<Chunk>(1);
         let cas = self.ctx.cas.clone();
+        let sync = self.ctx.store.uploads_need_local_sync();
         let compression = name.compression;
         let superseded = upload.superseded.clone();
         let uploads = self.uploads.clone();
@@ -138,7 +144,9 @@ impl ByteStream for ByteStreamService {
         let task = tokio::task::spawn_blocking(move || {
             let written = match start {
                 Some(writer) => Ok(writer),
-                None => cas.writer(&digest),
+                None => cas
+                    .writer(&digest)
+                    .map(|w| if sync { w } else { w.without_sync() }),
             }
             .and_then(|writer| write_chunks(writer, &digest, compression, rx, &upload.committed));
             let (outcome, parked) = match written {
@@ -170,6 +178,12 @@ impl ByteStream for ByteStreamService {
                 break;
             }
             offset += msg.data.len() as i64;
+            if let Some(put) = streamed.as_mut() {
+                if let Err(e) = put.write(&msg.data).await {
+                    input_error = Some(e);
+                    break;
+                }
+            }
             if !msg.data.is_empty() && tx.send(Chunk::Data(msg.data)).await.is_err() {
                 break; // The writer failed; its error comes from the task below.
             }
@@ -196,10 +210,20 @@ impl ByteStream for ByteStreamService {
         drop(tx);
         let outcome = task
             .await
-            .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
+            .map_err(|e| Error::Bug(format!("upload task failed: {e}")))
+            .and_then(|stored| stored);
+        let outcome = match outcome {
+            Ok(WriteEnd::Committed) => WriteEnd::Committed,
+            other => {
+                if let Some(put) = streamed.take() {
+                    tokio::spawn(put.abort());
+                }
+                other?
+            }
+        };
         match outcome {
             WriteEnd::Committed => {
-                self.ctx.store.commit_upload(&[digest], &[digest]).await?;
+                self.ctx.store.finish_upload(&digest, streamed).await?;
                 Ok(Response::new(WriteResponse {
                     committed_size: offset,
                 }))

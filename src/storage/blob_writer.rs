@@ -117,6 +117,7 @@ impl Cas {
             written: 0,
             file: BufWriter::with_capacity(256 * 1024, file),
             path,
+            sync: self.inner.options.fsync,
         })
     }
 
@@ -270,12 +271,22 @@ pub struct BlobWriter {
     file: BufWriter<File>,
     /// The temp file's name; deletes the file when dropped.
     path: tempfile::TempPath,
+    /// Whether commit syncs the file (`storage.fsync`, unless durable elsewhere).
+    sync: bool,
 }
 
 impl BlobWriter {
     /// Bytes accepted so far; the committed size a resumed upload continues from.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Commits without syncing the file: for copies whose durability the object store
+    /// provides (a fill from the bucket, a write-through upload). A copy torn by a power
+    /// loss is caught by the hash check that every blob found at start-up gets on first use.
+    pub fn without_sync(mut self) -> Self {
+        self.sync = false;
+        self
     }
 
     /// The digest the content must have, if it was given.
@@ -317,7 +328,7 @@ impl BlobWriter {
             .file
             .into_inner()
             .map_err(|e| cas.write_error(format!("writing blob {digest}"), e.into_error()))?;
-        if cas.inner.options.fsync {
+        if self.sync {
             file.sync_data()
                 .map_err(|e| cas.write_error(format!("syncing blob {digest}"), e))?;
         }

@@ -20,7 +20,7 @@ const WARMUP_BLOBS: usize = 500;
 const WARMUP_CALLS: usize = 2;
 
 /// `count` small blobs from `rng`, each starting with `salt`.
-fn small_blobs(rng: &mut Rng, salt: &data::Salt, count: usize) -> Vec<Bytes> {
+pub fn small_blobs(rng: &mut Rng, salt: &data::Salt, count: usize) -> Vec<Bytes> {
     (0..count)
         .map(|_| {
             let len = rng.range(SMALL_BLOB.0, SMALL_BLOB.1);

@@ -20,6 +20,7 @@ mod json;
 mod report;
 mod soak;
 mod stage;
+mod tier;
 mod transfer;
 mod workers;
 
@@ -129,6 +130,9 @@ struct Cli {
     /// Longest one Execute may take, in seconds.
     #[arg(long, default_value_t = 600)]
     exec_timeout: u64,
+    /// `tier`: a second frontend on the same bucket as `--target`, with an empty disk.
+    #[arg(long, value_name = "URL")]
+    second_target: Option<String>,
     /// PID of a local server: report its RSS idle and the peak during each workload.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -149,6 +153,8 @@ enum Workload {
     Stage,
     /// Long mixed load with per-window figures; only run when named.
     Soak,
+    /// The object-store tier across `--target` and `--second-target`; only run when named.
+    Tier,
     All,
 }
 
@@ -175,6 +181,7 @@ impl Workload {
             Workload::ExecThroughput => "exec-throughput",
             Workload::Stage => "stage",
             Workload::Soak => "soak",
+            Workload::Tier => "tier",
             Workload::All => "all",
         }
     }
@@ -402,6 +409,21 @@ async fn run(
                 server_pid: cli.server_pid,
             };
             soak::soak(conn, env, params, &|line| out.line(line)).await
+        }
+        Workload::Tier => {
+            let reader = cli
+                .second_target
+                .as_deref()
+                .ok_or("tier needs --second-target")?;
+            let (count, calls) = (cli.find_missing_count, cli.find_missing_calls);
+            let p = tier::TierParams {
+                reader,
+                seed: cli.seed,
+                size,
+                count,
+                calls,
+            };
+            tier::tier(conn, p).await
         }
         Workload::All => unreachable!("`all` is expanded before running"),
     }

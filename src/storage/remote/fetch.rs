@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::mpsc;
@@ -22,6 +22,10 @@ use crate::error::Error;
 use crate::resource::Compression;
 use crate::storage::Cas;
 use crate::storage::stream::{Chunk, WriteEnd, write_chunks};
+
+/// Bytes handed on at once to the local writer and to a tapping reader: one ByteStream
+/// message.
+const CHUNK: usize = 1024 * 1024;
 
 /// Where a fill sends the chunks it receives, for a reader streaming them on.
 pub type Tap = mpsc::Sender<Result<Bytes, Error>>;
@@ -122,7 +126,10 @@ impl Remote {
         };
         metrics::counter!("rexd_tier_reads_total", "tier" => "remote").increment(1);
         let writer_cas = cas.clone();
-        let writer = crate::offload::blocking(move || writer_cas.writer(&digest)).await?;
+        // The bucket holds this blob durably; the local copy is a cache and needs no sync.
+        let writer = crate::offload::blocking(move || writer_cas.writer(&digest))
+            .await?
+            .without_sync();
         let (tx, rx) = mpsc::channel::<Chunk>(2);
         let store = tokio::task::spawn_blocking(move || {
             write_chunks(
@@ -134,22 +141,36 @@ impl Remote {
             )
         });
         let mut received = Ok(());
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(data) => {
-                    if tx.send(Chunk::Data(data.clone())).await.is_err() {
-                        break; // The writer failed; its error comes below.
+        // The HTTP body arrives in small pieces; the disk and the reader get whole chunks.
+        let mut pending = BytesMut::new();
+        let mut writer_failed = false;
+        while !writer_failed {
+            let next = stream.next().await;
+            let ended = !matches!(next, Some(Ok(_)));
+            match next {
+                Some(Ok(data)) => pending.extend_from_slice(&data),
+                Some(Err(e)) => received = Err(e),
+                None => {}
+            }
+            if pending.len() >= CHUNK || (ended && !pending.is_empty()) {
+                let data = pending.split().freeze();
+                // The disk and the reader take the chunk at the same time.
+                let to_reader = async {
+                    match tap.as_ref() {
+                        Some(t) => t.send(Ok(data.clone())).await.is_ok(),
+                        None => true,
                     }
-                    if let Some(t) = tap.as_ref() {
-                        if t.send(Ok(data)).await.is_err() {
-                            *tap = None; // The reader left; the fill goes on.
-                        }
-                    }
+                };
+                let (stored, delivered) =
+                    tokio::join!(tx.send(Chunk::Data(data.clone())), to_reader);
+                if !delivered {
+                    *tap = None; // The reader left; the fill goes on.
                 }
-                Err(e) => {
-                    received = Err(e);
-                    break;
-                }
+                // A writer that failed says why below.
+                writer_failed = stored.is_err();
+            }
+            if ended {
+                break;
             }
         }
         let last = if received.is_ok() {

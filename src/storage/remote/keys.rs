@@ -13,7 +13,7 @@ use crate::digest::Digest;
 
 /// The segment the empty instance name is stored under; config refuses an instance named so
 /// when a remote tier is on, so no two instances share it.
-pub const EMPTY_INSTANCE: &str = "_";
+pub const EMPTY_INSTANCE: &str = crate::config::EMPTY_INSTANCE_KEY;
 
 #[derive(Clone, Debug)]
 pub struct Keys {

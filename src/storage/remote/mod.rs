@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod keys;
 pub mod known;
 pub mod sweep;
+pub mod upload;
 pub mod write_back;
 
 use std::sync::Arc;
@@ -27,11 +28,6 @@ use crate::error::Error;
 use keys::Keys;
 use known::KnownObjects;
 
-/// Parts of a multipart upload; S3 wants at least 5 MiB per part but the last.
-pub const PART_SIZE: usize = 16 * 1024 * 1024;
-/// Parts of one multipart upload in flight at once.
-pub const PARTS_IN_FLIGHT: usize = 4;
-
 pub struct Remote {
     store: Arc<dyn ObjectStore>,
     pub keys: Keys,
@@ -44,6 +40,8 @@ pub struct Remote {
     /// Requests sent, by kind: the Prometheus counters are process-wide, these are this
     /// client's own (tests count with them).
     pub requests: [AtomicU64; Op::COUNT],
+    /// Turns of the multipart uploads, which hold parts in memory.
+    large_puts: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which request a metric counts; a fixed list, so the label set is bounded.
@@ -78,6 +76,10 @@ impl Remote {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
+            // Bodies are not hashed into the signature: every blob is checked against its
+            // digest when it comes back, which a payload hash would only repeat (at a
+            // SHA-256 pass on both ends of every upload).
+            .with_unsigned_payload(true)
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(config.request_timeout())
@@ -119,6 +121,7 @@ impl Remote {
             reachable_tx,
             fetches: fetch::InFlight::default(),
             requests: Default::default(),
+            large_puts: Arc::new(tokio::sync::Semaphore::new(upload::MAX_LARGE_PUTS)),
         }))
     }
 
@@ -134,7 +137,7 @@ impl Remote {
 
     /// Counts and times one request, and notes whether the store answered: any reply,
     /// NotFound included, means it is up.
-    fn observe<T>(
+    pub(super) fn observe<T>(
         &self,
         op: Op,
         started: Instant,
@@ -247,10 +250,10 @@ impl Remote {
         Ok(())
     }
 
-    /// Uploads a local file: in one PUT when small, else as a multipart upload with a few
-    /// parts in flight, read from disk as they go.
+    /// Uploads a local file: in one PUT when small, else as a multipart upload read from
+    /// disk part by part.
     pub async fn put_file(
-        &self,
+        self: &Arc<Self>,
         key: &Path,
         path: &std::path::Path,
         size: u64,
@@ -259,42 +262,29 @@ impl Remote {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io(format!("opening {} to upload it", path.display()), e))?;
-        if size <= PART_SIZE as u64 {
+        let read_error = |e| Error::io(format!("reading {}", path.display()), e);
+        if size <= upload::PART_SIZE as u64 {
             let mut data = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut data)
-                .await
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            file.read_to_end(&mut data).await.map_err(read_error)?;
             return self.put_bytes(key, Bytes::from(data)).await;
         }
-        let started = Instant::now();
-        let upload = self
-            .observe(Op::Put, started, self.store.put_multipart(key).await)
-            .map_err(|e| unavailable("starting the upload of", key, e))?;
-        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut put = self.begin_put(key.clone()).await?;
         let mut buf = vec![0u8; 1024 * 1024];
         loop {
             let n = match file.read(&mut buf).await {
+                Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(Error::io(format!("reading {}", path.display()), e));
+                    put.abort().await;
+                    return Err(read_error(e));
                 }
             };
-            if n == 0 {
-                break;
+            if let Err(e) = put.write(&buf[..n]).await {
+                put.abort().await;
+                return Err(e);
             }
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                let _ = writer.abort().await;
-                return Err(unavailable("uploading", key, e));
-            }
-            writer.write(&buf[..n]);
         }
-        let started = Instant::now();
-        self.observe(Op::Put, started, writer.finish().await)
-            .map_err(|e| unavailable("completing the upload of", key, e))?;
-        metrics::counter!("rexd_remote_bytes_total", "direction" => "out").increment(size);
-        self.known.record(key.as_ref(), SystemTime::now());
-        Ok(())
+        put.finish().await
     }
 
     /// Copies an object onto itself, which resets its last-modified time and so its age.
@@ -354,6 +344,6 @@ impl Remote {
 }
 
 /// A request the store did not answer, or answered with an error: UNAVAILABLE, naming it.
-fn unavailable(what: &str, key: &Path, e: object_store::Error) -> Error {
+pub(super) fn unavailable(what: &str, key: &Path, e: object_store::Error) -> Error {
     Error::Io(format!("object store {what} {key}: {e}"))
 }

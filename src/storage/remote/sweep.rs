@@ -181,7 +181,7 @@ async fn drain(remote: Arc<Remote>, cas: Cas, queue: Arc<WriteBack>) {
 }
 
 /// Sends one queued entry to the bucket.
-pub async fn upload(remote: &Remote, cas: &Cas, pending: &Pending) -> Result<(), Error> {
+pub async fn upload(remote: &Arc<Remote>, cas: &Cas, pending: &Pending) -> Result<(), Error> {
     match pending {
         Pending::Blob(digest) => {
             let key = remote.keys.blob(digest);

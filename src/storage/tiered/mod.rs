@@ -30,6 +30,7 @@ use crate::offload::blocking;
 use crate::storage::remote::Remote;
 use crate::storage::remote::known::Known;
 use crate::storage::remote::sweep::{self, Refresher};
+use crate::storage::remote::upload::{self, StreamingPut};
 use crate::storage::remote::write_back::{Pending, WriteBack};
 use crate::storage::{ActionCache, Cas};
 
@@ -117,6 +118,15 @@ impl TieredStore {
                 task.abort();
             }
             tier.refresher.lock().expect("refresher lock").take();
+        }
+    }
+
+    /// Whether a client's upload must be synced to the local disk before it is
+    /// acknowledged: not in write-through mode, where the bucket has it first.
+    pub fn uploads_need_local_sync(&self) -> bool {
+        match &self.tier {
+            Some(tier) => tier.queue.is_some(),
+            None => true,
         }
     }
 
@@ -310,6 +320,40 @@ impl TieredStore {
             }
         }
         result
+    }
+
+    /// A multipart upload to feed alongside a ByteStream Write of `digest`, so the bytes
+    /// reach the bucket as they arrive: in write-through mode, for blobs of several parts.
+    pub async fn begin_streamed_upload(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<StreamingPut>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        if tier.queue.is_some() || digest.size() <= upload::PART_SIZE as u64 {
+            return Ok(None);
+        }
+        let key = tier.remote.keys.blob(digest);
+        tier.remote.begin_put(key).await.map(Some)
+    }
+
+    /// Ends a client's upload of `digest` once the local copy is committed: completes its
+    /// streamed upload, or replicates it now; a refusal drops the local copy, as in
+    /// [`TieredStore::commit_upload`].
+    pub async fn finish_upload(
+        &self,
+        digest: &Digest,
+        streamed: Option<StreamingPut>,
+    ) -> Result<(), Error> {
+        let Some(put) = streamed else {
+            return self.commit_upload(&[*digest], &[*digest]).await;
+        };
+        let finished = put.finish().await;
+        if finished.is_err() {
+            self.cas.discard(digest);
+        }
+        finished
     }
 
     /// Makes a small object (action result, asset record) durable in the bucket as the
