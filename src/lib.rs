@@ -12,7 +12,8 @@
 //! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
 //! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks,
-//!   and the registry of live and interrupted ByteStream uploads.
+//!   the registry of live and interrupted ByteStream uploads, and the optional S3-compatible
+//!   object-store tier behind the local disk ([`storage::TieredStore`] joins the two).
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
 //! - [`execution`]: the [`execution::Engine`] front door; action specs, the worker pools,
 //!   the scheduler that hands actions to the executors of a pool able to run them, operations, the local worker (the first
