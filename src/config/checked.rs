@@ -67,6 +67,10 @@ impl Settings {
     pub fn new(written: Config) -> Result<Self, ConfigError> {
         let authenticator = Authenticator::from_config(&written.auth.tokens)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Read once here so `check-config` finds a missing or malformed credentials file.
+        if let Some(remote) = &written.storage.remote {
+            remote.read_credentials()?;
+        }
         let storage = &written.storage;
         let max_size = storage.max_size.as_u64();
         let exec = &written.execution;

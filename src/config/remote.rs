@@ -141,6 +141,12 @@ impl RemoteConfig {
 }
 
 fn read_credentials_file(path: &Path) -> Result<Credentials, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the object store's credentials file is readable by other users; chmod 600 it");
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::Invalid(format!(
             "[storage.remote] credentials_file {}: {e}",
