@@ -12,18 +12,6 @@ use common::TestServer;
 use common::bazel::{self, Workspace, bazel_with, remote_exec_flags};
 use common::garage::Garage;
 
-fn assert_all_cache_hits(run: &bazel::BazelRun) {
-    run.assert_success();
-    let s = run.summary();
-    assert!(s.remote_cache_hit() > 0, "no remote cache hits: {s:?}");
-    assert_eq!(
-        s.remote_cache_hit(),
-        s.non_internal(),
-        "every action must be a remote cache hit: {s:?}\n{}",
-        run.output
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_frontends_on_one_bucket_share_a_bazel_build() {
     if !bazel::bazel_or_skip() {
@@ -55,7 +43,7 @@ async fn two_frontends_on_one_bucket_share_a_bazel_build() {
         bazel::bazel(&ws, &["clean", "--color=no", "--curses=no"]).assert_success();
         ws.assert_outputs_absent();
         let run = bazel_with(&ws, &["build", "//..."], &remote_exec_flags(&url_b));
-        assert_all_cache_hits(&run);
+        run.assert_all_remote_cache_hits();
         ws.assert_outputs();
         ws
     })
@@ -78,7 +66,7 @@ async fn two_frontends_on_one_bucket_share_a_bazel_build() {
     tokio::task::spawn_blocking(move || {
         bazel::bazel(&ws, &["clean", "--color=no", "--curses=no"]).assert_success();
         let run = bazel_with(&ws, &["build", "//..."], &remote_exec_flags(&url_a));
-        assert_all_cache_hits(&run);
+        run.assert_all_remote_cache_hits();
         ws.assert_outputs();
     })
     .await

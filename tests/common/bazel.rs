@@ -261,6 +261,20 @@ impl BazelRun {
         self
     }
 
+    /// Panics unless the command succeeded with every non-internal process a remote cache hit.
+    pub fn assert_all_remote_cache_hits(&self) -> &Self {
+        self.assert_success();
+        let s = self.summary();
+        assert!(s.remote_cache_hit() > 0, "no remote cache hits: {s:?}");
+        assert_eq!(
+            s.remote_cache_hit(),
+            s.non_internal(),
+            "every non-internal process must be a remote cache hit: {s:?}\n{}",
+            self.output
+        );
+        self
+    }
+
     /// The last `INFO: N processes: ...` line of the output, parsed.
     pub fn processes(&self) -> Option<ProcessSummary> {
         self.output.lines().rev().find_map(ProcessSummary::parse)
