@@ -87,12 +87,14 @@ impl ContentAddressableStorage for CasService {
                 }
             }
         }
-        // Only blobs new to the local disk may be dropped again if the bucket refuses them.
-        let new: std::collections::HashSet<Digest> = self
-            .ctx
-            .cas
-            .find_missing(valid.iter().map(|(_, d, _)| d))
-            .into_iter()
+        // With an object-store tier, only blobs new to the local disk may be dropped again
+        // if the bucket refuses them; the index answers without counting a use.
+        let tiered = self.ctx.store.remote().is_some();
+        let index = self.ctx.cas.index();
+        let uploaded: Vec<(usize, Digest, bool)> = valid
+            .iter()
+            .filter(|_| tiered)
+            .map(|(i, d, _)| (*i, *d, index.is_verified(d).is_none()))
             .collect();
         let chunks = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -113,30 +115,23 @@ impl ContentAddressableStorage for CasService {
                     .collect::<Vec<_>>())
             }));
         }
-        let mut stored = Vec::new();
         for outcome in futures::future::try_join_all(tasks).await? {
             for (i, result) in outcome {
-                match result {
-                    Err(e) => responses[i].status = Some(e.to_rpc_status()),
-                    Ok(()) => stored.push(i),
+                if let Err(e) = result {
+                    responses[i].status = Some(e.to_rpc_status());
                 }
             }
         }
         // The object-store tier: acknowledged only once durable there, as the policy says.
-        let digests: Vec<Digest> = stored
+        let stored: Vec<&(usize, Digest, bool)> = uploaded
             .iter()
-            .filter_map(|&i| {
-                Digest::from_required(function, responses[i].digest.as_ref(), "blob").ok()
-            })
+            .filter(|(i, _, _)| responses[*i].status.as_ref().is_some_and(|s| s.code == 0))
             .collect();
-        let fresh: Vec<Digest> = digests
-            .iter()
-            .filter(|d| new.contains(d))
-            .copied()
-            .collect();
+        let digests: Vec<Digest> = stored.iter().map(|(_, d, _)| *d).collect();
+        let fresh: Vec<Digest> = stored.iter().filter(|u| u.2).map(|(_, d, _)| *d).collect();
         if let Err(e) = self.ctx.store.commit_upload(&digests, &fresh).await {
-            for &i in &stored {
-                responses[i].status = Some(e.to_rpc_status());
+            for (i, _, _) in stored {
+                responses[*i].status = Some(e.to_rpc_status());
             }
         }
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))

@@ -73,6 +73,10 @@ impl TieredStore {
         result: &ActionResult,
     ) -> Result<Vec<Digest>, Error> {
         let function = digest.function();
+        if self.tier.is_none() {
+            let (cas, result) = (self.cas.clone(), result.clone());
+            return blocking(move || tree::missing_blobs_of_result(&cas, function, &result)).await;
+        }
         let named_of = |result: ActionResult| {
             let cas = self.cas.clone();
             blocking(move || tree::blobs_of_result(&cas, function, &result))

@@ -273,7 +273,7 @@ impl TieredStore {
             return Ok(());
         };
         let remote = &tier.remote;
-        let mut through = Vec::new();
+        let mut through: Vec<Digest> = Vec::new();
         match &tier.queue {
             None => through.extend_from_slice(digests),
             Some(queue) => {
@@ -290,18 +290,13 @@ impl TieredStore {
                 .await?;
             }
         }
-        let now = SystemTime::now();
-        through.retain(|d| remote.known.check(remote.keys.blob(d).as_ref(), now) != Known::Present);
         let (remote, cas) = (remote.clone(), self.cas.clone());
         let concurrency = remote.config.max_concurrency;
+        // The write-back queue's own upload step, which skips blobs known to be there.
         let results: Vec<Result<(), Error>> = futures::stream::iter(through)
             .map(move |d| {
-                let (remote, path) = (remote.clone(), cas.blob_path(&d));
-                async move {
-                    remote
-                        .put_file(&remote.keys.blob(&d), &path, d.size())
-                        .await
-                }
+                let (remote, cas) = (remote.clone(), cas.clone());
+                async move { sweep::upload(&remote, &cas, &Pending::Blob(d)).await }
             })
             .buffer_unordered(concurrency)
             .collect()
