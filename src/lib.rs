@@ -19,6 +19,11 @@
 //!   the scheduler that hands actions to the executors of a pool able to run them, operations, the local worker (the first
 //!   executor) with its long-lived sandbox, and the spawn path that starts a process without
 //!   forking the server; remote bots over the Remote Workers API are the second executor.
+//! - [`history`]: the bounded memory of recent executions and cache hits, by invocation.
+//! - [`inspect`]: an action read back from a CAS for people, and the diff of two actions
+//!   that explains a cache miss.
+//! - [`web`]: the web UI on the plain-HTTP listener, next to `/metrics` and `/healthz`.
+//! - [`action_cli`]: `rexd action show/rerun/diff`, against a running server over REAPI.
 //! - [`bot`]: `rexd worker`, the bot that runs another rexd's actions on its host.
 //! - [`service`]: one thin gRPC adapter per service.
 //! - [`state`]: the shared server state the adapters and the server read.
@@ -28,6 +33,7 @@
 //! - [`offload`]: runs blocking work on the blocking pool, for every layer.
 //! - [`proto`]: generated protobuf and gRPC code.
 
+pub mod action_cli;
 pub mod asset;
 pub mod auth;
 pub mod bot;
@@ -35,6 +41,8 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod execution;
+pub mod history;
+pub mod inspect;
 pub mod offload;
 pub mod proto;
 pub mod resource;
@@ -42,6 +50,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod storage;
+pub mod web;
 
 pub use config::Config;
 pub use error::Error;

@@ -48,6 +48,11 @@ enum Command {
         #[command(flatten)]
         store: ServeArgs,
     },
+    /// Look at an action on a running server, rerun it here, or diff two actions.
+    Action {
+        #[command(subcommand)]
+        command: rexd::action_cli::ActionCommand,
+    },
     /// Check a configuration file and print the configuration in force.
     CheckConfig {
         /// The file to check.
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Worker { server, store }) => worker(server, store),
         Some(Command::Verify { store, dry_run }) => verify(store, dry_run),
+        Some(Command::Action { command }) => action(command),
         None => serve(cli.serve),
     }
 }
@@ -211,6 +217,27 @@ fn block_on(main: impl std::future::Future<Output = Result<(), rexd::Error>>) ->
     }
 }
 
+fn action(command: rexd::action_cli::ActionCommand) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour_logs())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut code = 0;
+    let exit = block_on(async {
+        code = rexd::action_cli::run(command).await?;
+        Ok(())
+    });
+    // 1 and 2 are answers (differs, nothing to compare); a failure to answer is 3.
+    if exit == ExitCode::SUCCESS {
+        ExitCode::from(code)
+    } else {
+        ExitCode::from(3)
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     limit_malloc_arenas();
     let Some(settings) = load_config(args) else {
@@ -246,9 +273,18 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
     match config.log_format {
         rexd::config::LogFormat::Text => builder.init(),
         rexd::config::LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colour only for a person at a terminal: files and journald get plain text, and a
+/// non-empty `NO_COLOR` (no-color.org) turns it off everywhere.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
 }

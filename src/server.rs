@@ -89,12 +89,15 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         store.clone(),
         config.storage.fsync,
     )?;
+    let history =
+        crate::history::History::new(crate::history::HistoryLimits::from_config(&config.ui));
     let execution = if config.execution.enabled {
         Some(Arc::new(Engine::new(
             &settings.execution,
             &config.sandbox,
             data_dir,
             store.clone(),
+            Some(history.clone()),
         )?))
     } else {
         None
@@ -108,6 +111,7 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         asset,
         execution,
         uploads,
+        history,
     })
 }
 
@@ -125,23 +129,21 @@ pub async fn run(
     let authn = auth.interceptor();
     let shutting_down = Arc::new(AtomicBool::new(false));
 
-    let metrics_task = match config.metrics.listen {
-        Some(addr) => {
-            let http = TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::io(format!("binding the metrics listener {addr}"), e))?;
+    let metrics_task = match metrics::bind(&config.metrics).await? {
+        Some(http) => {
             let addr = http
                 .local_addr()
-                .map_err(|e| Error::io("metrics address", e))?;
-            tracing::info!(%addr, "metrics and /healthz on plain HTTP");
+                .map_err(|e| Error::io("the HTTP listener's address", e))?;
+            tracing::info!(ui = %format!("http://{addr}/"), "web UI, /metrics and /healthz on plain HTTP");
             metrics::handle();
             let scraped = ctx.clone();
-            Some(tokio::spawn(metrics::serve(
-                http,
+            let routes = metrics::routes(
                 Arc::new(move || metrics::render(&scraped)),
                 shutting_down.clone(),
                 ctx.store.remote().map(|r| r.watch_reachable()),
-            )))
+            )
+            .merge(crate::web::router(ctx.clone()));
+            Some(tokio::spawn(metrics::serve(http, routes)))
         }
         None => None,
     };

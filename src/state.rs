@@ -25,6 +25,8 @@ pub struct Context {
     pub execution: Option<Arc<Engine>>,
     /// ByteStream uploads in progress or interrupted, for QueryWriteStatus and resumption.
     pub uploads: Arc<crate::storage::uploads::Uploads>,
+    /// Recent executions and cache hits, for the web UI and `rexd action`.
+    pub history: crate::history::History,
 }
 
 impl Context {

@@ -7,9 +7,9 @@
 //! the leases of the old), and on SIGTERM takes no new leases and exits once its running
 //! ones are reported, or cancels them after the shutdown grace.
 
-mod connect;
+pub(crate) mod connect;
 mod lease_run;
-mod remote;
+pub(crate) mod remote;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -83,17 +83,20 @@ pub async fn run(settings: Settings, server: String) -> Result<(), Error> {
         directories: DirectoryCache::new(settings.execution.directory_cache_bytes),
     });
     let worker = describe(&settings, slot_count);
-    if let Some(addr) = written.metrics.listen {
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::io(format!("binding the metrics listener {addr}"), e))?;
+    if let Some(http) = crate::server::metrics::bind(&written.metrics).await? {
         crate::server::metrics::handle();
-        tokio::spawn(crate::server::metrics::serve(
-            http,
+        let routes = crate::server::metrics::routes(
             Arc::new(|| crate::server::metrics::handle().render()),
             Arc::default(),
             None,
-        ));
+        )
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                "not found; try /metrics or /healthz\n",
+            )
+        });
+        tokio::spawn(crate::server::metrics::serve(http, routes));
     }
     tracing::info!(%server, bot = %bot_id, slots = slot_count, sandbox = sandbox.backend.name(), "rexd worker starting");
     let held = Arc::new(Mutex::new(Held {

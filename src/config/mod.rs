@@ -14,11 +14,13 @@ mod checked;
 mod pools;
 mod remote;
 mod storage;
+mod ui;
 mod worker;
 pub use checked::{ExecutionSettings, Settings};
 pub use pools::PoolConfig;
 pub use remote::{Credentials, EMPTY_INSTANCE_KEY, RemoteConfig, WritePolicy};
 pub use storage::StorageConfig;
+pub use ui::UiConfig;
 pub use worker::WorkerConfig;
 
 /// The documented default configuration, shipped inside the binary.
@@ -68,6 +70,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The web UI's retained history.
+    #[serde(default)]
+    pub ui: UiConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The instance names served; requests naming any other are rejected.
@@ -222,12 +227,38 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The Prometheus and health HTTP listener.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// The plain-HTTP listener: the web UI, Prometheus metrics and health.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address serving `/metrics` and `/healthz` over plain HTTP; unset means off.
+    /// Whether the listener runs at all.
+    pub enabled: bool,
+    /// Address serving the UI, `/metrics` and `/healthz`; `None` (only in code) means off.
     pub listen: Option<SocketAddr>,
+}
+
+/// Where the UI is when nothing says otherwise: loopback, next to the gRPC port.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8990";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: Some(DEFAULT_HTTP_LISTEN.parse().expect("a valid address")),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, if the listener is on.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.filter(|_| self.enabled)
+    }
+
+    /// Whether `address` is the built-in default, which another rexd on the host may hold.
+    pub fn is_default_address(&self) -> bool {
+        self.listen == MetricsConfig::default().listen
+    }
 }
 
 /// Back-pressure: bounds that keep a flood of requests from growing memory without bound.

@@ -17,7 +17,7 @@ pub fn begin(job: &Job, executor: &str) -> Option<ExecutedActionMetadata> {
     if op.is_done() {
         return None;
     }
-    op.set_executing();
+    op.set_executing_on(executor);
     tracing::info!(operation = %op.name, action = %job.spec.action_digest, worker = executor, "executing");
     Some(ExecutedActionMetadata {
         worker: executor.to_string(),

@@ -66,9 +66,10 @@ impl Engine {
         sandbox_config: &SandboxConfig,
         data_dir: &Path,
         store: TieredStore,
+        history: Option<crate::history::History>,
     ) -> Result<Self, Error> {
         let cas = store.cas.clone();
-        let operations = Operations::new(config.retention);
+        let operations = Operations::recorded(config.retention, history);
         let scheduler = Arc::new(Scheduler::new(
             operations,
             config.pools.clone(),
@@ -124,6 +125,9 @@ impl Engine {
                 .action_result(&name, &action_digest)
                 .await?
             {
+                if let Some(history) = self.operations().history() {
+                    history.record_hit(&name, action_digest, request_metadata.as_ref(), &result);
+                }
                 let op = Operations::completed(
                     &name,
                     action_digest,
@@ -191,6 +195,11 @@ impl Engine {
     /// Actions waiting for an executor.
     pub fn queued(&self) -> usize {
         self.scheduler.queued()
+    }
+
+    /// Queued actions by priority.
+    pub fn queued_by_priority(&self) -> std::collections::BTreeMap<i32, usize> {
+        self.scheduler.queued_by_priority()
     }
 
     /// Actions being run.

@@ -2,8 +2,8 @@
 //! and how it looks on the wire (Operation, ExecuteOperationMetadata, ExecuteResponse).
 //! The registry that keeps them is [`crate::execution::registry`].
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use tokio::sync::watch;
@@ -37,6 +37,10 @@ pub struct OperationState {
     pub cancel: CancellationToken,
     /// The registry that retains this operation, told when it finishes.
     pub(super) registry: Weak<Registry>,
+    /// When it was submitted.
+    pub created: SystemTime,
+    /// The executor running it and since when, once one took it.
+    pub(super) started: OnceLock<(String, SystemTime)>,
 }
 
 impl OperationState {
@@ -50,6 +54,17 @@ impl OperationState {
 
     pub fn is_done(&self) -> bool {
         matches!(*self.progress.borrow(), Progress::Completed(_))
+    }
+
+    /// The executor that took it, and when; `None` while queued.
+    pub fn started(&self) -> Option<&(String, SystemTime)> {
+        self.started.get()
+    }
+
+    /// Marks it executing on `executor` (the first executor to take it is remembered).
+    pub fn set_executing_on(&self, executor: &str) {
+        let _ = self.started.set((executor.to_string(), SystemTime::now()));
+        self.set_executing();
     }
 
     pub fn set_executing(&self) {

@@ -42,6 +42,8 @@ pub(super) struct Registry {
     // A std Mutex: map and queue operations only, never held across an await.
     state: Mutex<RegistryState>,
     limits: RetentionLimits,
+    /// Where finished operations are remembered for people (the web UI).
+    history: Option<crate::history::History>,
 }
 
 #[derive(Default)]
@@ -87,6 +89,15 @@ impl Registry {
                 .as_ref()
                 .map_or(0, |m| m.encoded_len() as u64);
         let now = Instant::now();
+        if let Some(history) = &self.history {
+            history.record_execution(
+                &op.instance,
+                op.action_digest,
+                op.request_metadata.as_ref(),
+                &op.name,
+                response,
+            );
+        }
         let mut state = self.state.lock().unwrap();
         if !state.by_name.contains_key(&op.name) {
             return; // Deleted while running.
@@ -113,12 +124,23 @@ pub fn name_prefix(instance: &str) -> String {
 
 impl Operations {
     pub fn new(limits: RetentionLimits) -> Self {
+        Self::recorded(limits, None)
+    }
+
+    /// A registry that also tells `history` of every operation that finishes.
+    pub fn recorded(limits: RetentionLimits, history: Option<crate::history::History>) -> Self {
         Operations {
             registry: Arc::new(Registry {
                 state: Mutex::default(),
                 limits,
+                history,
             }),
         }
+    }
+
+    /// The history finished operations are told to, if any.
+    pub fn history(&self) -> Option<&crate::history::History> {
+        self.registry.history.as_ref()
     }
 
     fn new_state(
@@ -136,6 +158,8 @@ impl Operations {
             progress,
             cancel: CancellationToken::new(),
             registry,
+            created: std::time::SystemTime::now(),
+            started: std::sync::OnceLock::new(),
         })
     }
 

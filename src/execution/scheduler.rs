@@ -263,6 +263,16 @@ impl Scheduler {
         self.state.lock().unwrap().queued_keys.len()
     }
 
+    /// Queued actions by `ExecutionPolicy.priority`, lowest (first to run) first.
+    pub fn queued_by_priority(&self) -> BTreeMap<i32, usize> {
+        let state = self.state.lock().unwrap();
+        let mut counts = BTreeMap::new();
+        for ((priority, _), _) in state.queued_keys.values() {
+            *counts.entry(*priority).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Actions being run by a worker.
     pub fn running(&self) -> usize {
         self.state.lock().unwrap().running

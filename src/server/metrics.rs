@@ -1,11 +1,10 @@
-//! Prometheus metrics and plain-HTTP health, on a listener of their own.
+//! Prometheus metrics and plain-HTTP health, on the listener the web UI shares.
 //!
 //! RPC counts and latencies are recorded by [`RpcMetricsLayer`] around every gRPC call;
 //! storage and queue figures are read from their owners when `/metrics` is scraped, so the
 //! hot paths pay for nothing but a few atomic adds. Label sets are bounded: methods by the
 //! served protos, codes by gRPC, outcomes by a fixed list.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +12,15 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tonic::codegen::http;
 
+use crate::config::MetricsConfig;
+use crate::error::Error;
 use crate::state::Context;
 
 /// The process-wide recorder (metrics are global; several in-process servers share it).
@@ -79,62 +80,61 @@ pub type Renderer = Arc<dyn Fn() -> String + Send + Sync>;
 /// Whether the object-store tier answers, when there is one; `/healthz` reports it.
 pub type RemoteReachable = Option<tokio::sync::watch::Receiver<bool>>;
 
-/// Serves `/metrics` and `/healthz` until the listener is dropped with its task.
-pub async fn serve(
-    listener: TcpListener,
-    render: Renderer,
-    shutting_down: Arc<AtomicBool>,
-    remote: RemoteReachable,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let render = render.clone();
-        let shutting_down = shutting_down.clone();
-        let remote = remote.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let response = respond(&render, &shutting_down, &remote, req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+/// Binds the plain-HTTP listener the configuration asks for. An address the operator wrote
+/// must bind; the built-in default may be held by another rexd on the host (a worker next
+/// to its server, say), and then this one runs without it, with a warning.
+pub async fn bind(config: &MetricsConfig) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = config.address() else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if config.is_default_address() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the web UI and /metrics are off: their default address is in use; set [metrics] listen");
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(format!("binding the HTTP listener {addr}"), e)),
     }
 }
 
-fn respond(
-    render: &Renderer,
-    shutting_down: &AtomicBool,
-    remote: &RemoteReachable,
-    path: &str,
-) -> http::Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", render()),
-        "/healthz" if shutting_down.load(Ordering::Relaxed) => {
-            (503, "text/plain", "shutting down\n".to_string())
-        }
+/// `/metrics` and `/healthz`; the server adds the web UI beside them.
+pub fn routes(render: Renderer, shutting_down: Arc<AtomicBool>, remote: RemoteReachable) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let answer = health(&shutting_down, &remote);
+                async move { answer }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, router: Router) {
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the HTTP listener stopped");
+    }
+}
+
+fn health(shutting_down: &AtomicBool, remote: &RemoteReachable) -> (StatusCode, &'static str) {
+    if shutting_down.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if remote.as_ref().is_some_and(|r| !*r.borrow()) {
         // Still serving: local blobs read, and write-back uploads queue, without the store.
-        "/healthz" if remote.as_ref().is_some_and(|r| !*r.borrow()) => (
-            200,
-            "text/plain",
-            "degraded: the object store is unreachable; serving from the local disk\n".to_string(),
-        ),
-        "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        _ => (
-            404,
-            "text/plain",
-            "not found; try /metrics or /healthz\n".to_string(),
-        ),
-    };
-    http::Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response")
+        (
+            StatusCode::OK,
+            "degraded: the object store is unreachable; serving from the local disk\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 /// Records `rexd_rpc_requests_total` and `rexd_rpc_duration_seconds` by method and code.

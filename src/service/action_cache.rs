@@ -34,6 +34,7 @@ impl ActionCache for ActionCacheService {
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let caller = crate::auth::caller(&request);
+        let request_metadata = crate::service::execution::request_metadata(&request);
         let req = request.into_inner();
         self.ctx
             .authorize(&caller, &req.instance_name, Role::Read)?;
@@ -47,6 +48,12 @@ impl ActionCache for ActionCacheService {
         else {
             return Err(Error::Absent(format!("no action result for {digest}")).into());
         };
+        self.ctx.history.record_hit(
+            &req.instance_name,
+            digest,
+            request_metadata.as_ref(),
+            &result,
+        );
         let wanted = inline_candidates(function, &result, &req);
         self.ctx.store.ensure_local(&wanted).await;
         let cas = self.ctx.cas.clone();

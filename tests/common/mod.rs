@@ -4,6 +4,7 @@
 
 pub mod bazel;
 pub mod bots;
+pub mod browser;
 pub mod bst;
 /// rexd as a child process, to kill.
 pub mod child;
@@ -18,6 +19,7 @@ pub mod netns;
 pub mod sandboxed;
 /// Helpers of the storage tests.
 pub mod storage;
+pub mod web;
 
 use std::net::SocketAddr;
 
@@ -85,6 +87,8 @@ impl TestServer {
             ..Config::default()
         };
         config.storage.fsync = false;
+        // Tests run servers side by side; one that wants the HTTP listener names a port.
+        config.metrics.listen = None;
         config.sandbox.run_as_uid_base = private_uid_base();
         // This test binary is not rexd: the long-lived sandboxes' pid 1 is the real one.
         config.sandbox.init_program = Some(env!("CARGO_BIN_EXE_rexd").into());

@@ -1,0 +1,69 @@
+//! An input tree drawn as nested `<details>`: directories open on a click, files link to
+//! their blobs, every entry shows its size. Bounded, so a huge tree cannot make a huge page.
+
+use std::cell::Cell;
+
+use maud::{Markup, html};
+
+use super::layout;
+use crate::digest::Digest;
+use crate::inspect::ActionView;
+
+/// Most entries drawn; the rest are counted in a note.
+const MAX_ENTRIES: usize = 5_000;
+
+pub fn input_tree(view: &ActionView) -> Markup {
+    let Some(root) = &view.input_root else {
+        return html! { p.muted { "No input root." } };
+    };
+    let drawn = Cell::new(0usize);
+    html! {
+        div #input-tree { (directory(view, root, "(input root)", true, &drawn)) }
+        @if drawn.get() >= MAX_ENTRIES { p.note { "Only the first " (MAX_ENTRIES) " entries are shown." } }
+    }
+}
+
+fn directory(
+    view: &ActionView,
+    digest: &Digest,
+    name: &str,
+    open: bool,
+    drawn: &Cell<usize>,
+) -> Markup {
+    let function = digest.function();
+    let Some(dir) = view.directories.get(digest) else {
+        return html! { div { (name) "/ " span.muted { "(not in the CAS)" } } };
+    };
+    let digest_of = |d: &Option<crate::proto::remote_execution::Digest>| {
+        d.as_ref()
+            .and_then(|d| Digest::from_proto(function, d).ok())
+    };
+    html! {
+        details open[open] {
+            summary { (name) "/ " span.muted { "(" (dir.files.len() + dir.directories.len() + dir.symlinks.len()) " entries) " } a href=(layout::blob_href(digest, Some("directory"))) { "proto" } }
+            @for sub in &dir.directories {
+                @if drawn.get() < MAX_ENTRIES {
+                    @let _ = drawn.set(drawn.get() + 1);
+                    @match digest_of(&sub.digest) {
+                        Some(d) => (directory(view, &d, &sub.name, false, drawn)),
+                        None => div { (sub.name) "/ (bad digest)" },
+                    }
+                }
+            }
+            @for f in &dir.files {
+                @if drawn.get() < MAX_ENTRIES {
+                    @let _ = drawn.set(drawn.get() + 1);
+                    @if let Some(d) = digest_of(&f.digest) {
+                        div.file {
+                            a href=(layout::blob_href(&d, Some("text"))) { (f.name) }
+                            " " span.muted { (layout::bytes(d.size())) @if f.is_executable { ", executable" } }
+                        }
+                    }
+                }
+            }
+            @for s in &dir.symlinks {
+                div { (s.name) " → " (s.target) }
+            }
+        }
+    }
+}
