@@ -118,8 +118,10 @@ fn settings(
     dir: &std::path::Path,
     choice: SandboxChoice,
 ) -> Result<Settings, Error> {
-    let mut config = Config::default();
-    config.data_dir = Some(dir.to_path_buf());
+    let mut config = Config {
+        data_dir: Some(dir.to_path_buf()),
+        ..Config::default()
+    };
     config.sandbox.reuse_sandboxes = false;
     config.sandbox.backend = match choice {
         SandboxChoice::Host => SandboxBackend::Auto,

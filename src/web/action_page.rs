@@ -60,12 +60,16 @@ pub async fn page(
     );
     let body = html! {
         (summary(&digest, record.as_deref(), &instance))
-        h2 { "Command" }
-        (command(&view))
         @if let Some(m) = result.as_ref().and_then(|r| r.execution_metadata.as_ref()) {
             h2 { "Timeline" }
             (timeline(m))
         }
+        @if let Some(explained) = &previous {
+            h2 { "Why it missed the cache" }
+            (explained)
+        }
+        h2 { "Command" }
+        (command(&view))
         h2 { "Outputs" }
         @match &result {
             None => p.muted { "No result: the action cache holds none, and none is retained." },
@@ -73,10 +77,6 @@ pub async fn page(
         }
         h2 { "Inputs" }
         (tree::input_tree(&view))
-        @if let Some(explained) = &previous {
-            h2 { "Why it missed the cache" }
-            (explained)
-        }
         h2 { "Reproduce it" }
         pre #rerun { (rerun) }
     };
@@ -124,8 +124,10 @@ fn command(view: &ActionView) -> Markup {
             @for (name, value) in view.environment() { tr { td.mono { (name) } td.mono { (value) } } }
         }
         h2 { "Platform" }
+        @let platform = view.platform();
+        @if platform.is_empty() { p.muted { "No properties: any worker of the default pool." } }
         table {
-            @for (name, value) in view.platform() { tr { td.mono { (name) } td.mono { (value) } } }
+            @for (name, value) in platform { tr { td.mono { (name) } td.mono { (value) } } }
         }
     }
 }

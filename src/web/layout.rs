@@ -54,6 +54,9 @@ pub fn duration(d: Duration) -> String {
 /// How long ago `at` was.
 pub fn ago(at: SystemTime) -> String {
     let elapsed = SystemTime::now().duration_since(at).unwrap_or_default();
+    if elapsed < Duration::from_secs(1) {
+        return "just now".to_string();
+    }
     format!("{} ago", duration(Duration::from_secs(elapsed.as_secs())))
 }
 

@@ -19,7 +19,7 @@ pub fn input_tree(view: &ActionView) -> Markup {
     let drawn = Cell::new(0usize);
     html! {
         div #input-tree { (directory(view, root, "(input root)", true, &drawn)) }
-        @if drawn.get() >= MAX_ENTRIES { p.note { "Only the first " (MAX_ENTRIES) " entries are shown." } }
+        @if drawn.get() > MAX_ENTRIES { p.note { "Only the first " (MAX_ENTRIES) " entries are shown." } }
     }
 }
 
@@ -42,8 +42,7 @@ fn directory(
         details open[open] {
             summary { (name) "/ " span.muted { "(" (dir.files.len() + dir.directories.len() + dir.symlinks.len()) " entries) " } a href=(layout::blob_href(digest, Some("directory"))) { "proto" } }
             @for sub in &dir.directories {
-                @if drawn.get() < MAX_ENTRIES {
-                    @let _ = drawn.set(drawn.get() + 1);
+                @if take(drawn) {
                     @match digest_of(&sub.digest) {
                         Some(d) => (directory(view, &d, &sub.name, false, drawn)),
                         None => div { (sub.name) "/ (bad digest)" },
@@ -51,8 +50,7 @@ fn directory(
                 }
             }
             @for f in &dir.files {
-                @if drawn.get() < MAX_ENTRIES {
-                    @let _ = drawn.set(drawn.get() + 1);
+                @if take(drawn) {
                     @if let Some(d) = digest_of(&f.digest) {
                         div.file {
                             a href=(layout::blob_href(&d, Some("text"))) { (f.name) }
@@ -66,4 +64,10 @@ fn directory(
             }
         }
     }
+}
+
+/// Counts one more entry; whether it may still be drawn.
+fn take(drawn: &Cell<usize>) -> bool {
+    drawn.set(drawn.get() + 1);
+    drawn.get() <= MAX_ENTRIES
 }
