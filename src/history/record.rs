@@ -189,6 +189,8 @@ impl Filter {
 /// One tool invocation's actions, as the invocations page shows them.
 #[derive(Clone, Debug)]
 pub struct InvocationStats {
+    /// The instance of its first action; the UI shows the row to those who may read it.
+    pub instance: String,
     pub tool: String,
     pub actions: u64,
     pub cache_hits: u64,
@@ -201,6 +203,7 @@ pub struct InvocationStats {
 impl InvocationStats {
     pub(super) fn new(first: &Record) -> Self {
         InvocationStats {
+            instance: first.instance.clone(),
             tool: first.client.tool.clone(),
             actions: 0,
             cache_hits: 0,

@@ -1,14 +1,17 @@
 //! The invocations page: one row per tool invocation id (Bazel's `--invocation_id`), with
 //! its counts, each linking to its actions.
 
+use axum::Extension;
 use axum::extract::State;
 use maud::{Markup, html};
 
 use super::actions::urlencode;
 use super::{WebState, layout};
+use crate::auth::Caller;
 
-pub async fn page(State(state): State<WebState>) -> Markup {
-    let invocations = state.ctx.history.invocations();
+pub async fn page(State(state): State<WebState>, Extension(caller): Extension<Caller>) -> Markup {
+    let mut invocations = state.ctx.history.invocations();
+    invocations.retain(|(_, s)| WebState::may_read(&caller, &s.instance));
     let body = html! {
         p.muted { "The " (invocations.len()) " most recently seen invocations (ui.max_invocations bounds them)." }
         table #invocations {

@@ -60,33 +60,9 @@ pub fn ago(at: SystemTime) -> String {
     format!("{} ago", duration(Duration::from_secs(elapsed.as_secs())))
 }
 
-/// A timestamp as UTC, to the second.
+/// A timestamp as UTC, to the second (RFC 3339).
 pub fn utc(at: SystemTime) -> String {
-    let secs = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to a (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// The link to a blob's page.
@@ -120,7 +96,7 @@ mod tests {
     #[test]
     fn dates_and_sizes_read_well() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_601_600);
-        assert_eq!(utc(at), "2026-12-07 00:00:00 UTC");
+        assert_eq!(utc(at), "2026-12-07T00:00:00Z");
         assert_eq!(duration(Duration::from_micros(1500)), "1.5 ms");
         assert_eq!(bytes(1536), "1.5 KiB");
     }
