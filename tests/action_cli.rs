@@ -56,6 +56,21 @@ async fn show_prints_the_action_and_its_result() {
     assert_eq!(value["cached_result"]["exit_code"], 0);
     assert_eq!(value["inputs"][0]["path"], "dir/in.txt");
 
+    // Its own lookups are not recorded as the build's cache hits.
+    let hits = server.ctx.history.totals().cache_hits;
+    let record = server.ctx.history.latest(
+        &rexd::digest::Digest::parse(
+            rexd::digest::DigestFunction::Sha256,
+            &action.build().digest.hash,
+            action.build().digest.size_bytes,
+        )
+        .unwrap(),
+    );
+    assert_eq!(hits, 0, "show and --json looked the result up twice");
+    assert_eq!(
+        record.unwrap().outcome.kind(),
+        rexd::history::OutcomeKind::Success
+    );
     let (code, _) = rexd_action(&server, &["show", &format!("{}/5", "a".repeat(64))]).await;
     assert_eq!(code, 3, "an action the server lacks is an error");
     let (code, _) = rexd_action(&server, &["show", "not-a-digest"]).await;

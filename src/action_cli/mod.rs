@@ -174,13 +174,26 @@ impl Client {
 
     /// The cached result, or `None` if the action cache holds none.
     pub async fn cached_result(&self, digest: &Digest) -> Result<Option<ActionResult>, Error> {
+        let mut request = tonic::Request::new(GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(digest.to_proto()),
+            digest_function: digest.function().to_proto() as i32,
+            ..Default::default()
+        });
+        // So the server's history does not take this look for a build's cache hit.
+        let metadata = crate::proto::remote_execution::RequestMetadata {
+            tool_details: Some(crate::proto::remote_execution::ToolDetails {
+                tool_name: crate::history::INSPECTOR_TOOL.into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            ..Default::default()
+        };
+        request.metadata_mut().insert_bin(
+            crate::service::execution::REQUEST_METADATA_HEADER,
+            tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&metadata)),
+        );
         let reply = ActionCacheClient::new(self.source.remote.channel.clone())
-            .get_action_result(GetActionResultRequest {
-                instance_name: self.instance.clone(),
-                action_digest: Some(digest.to_proto()),
-                digest_function: digest.function().to_proto() as i32,
-                ..Default::default()
-            })
+            .get_action_result(request)
             .await;
         match reply {
             Ok(r) => Ok(Some(r.into_inner())),

@@ -64,7 +64,9 @@ pub async fn rerun(
         slots.sandbox.backend.name()
     );
     if let Some(e) = &outcome.error {
-        println!("the run ended with an error: {e}");
+        // Its outputs are not the action's: nothing to compare.
+        println!("the run ended with an error, so nothing is compared: {e}");
+        return Ok(3);
     }
     let Some(cached) = cached else {
         println!(
@@ -97,10 +99,19 @@ pub async fn rerun(
             }
         }
     }
-    let log_differs =
-        |a: &Option<crate::proto::remote_execution::Digest>,
-         b: &Option<crate::proto::remote_execution::Digest>| a != b;
-    if log_differs(&cached.stdout_digest, &outcome.result.stdout_digest) {
+    let (links_before, links_now) = (symlinks(&cached), symlinks(&outcome.result));
+    let names: std::collections::BTreeSet<&String> =
+        links_before.keys().chain(links_now.keys()).collect();
+    for path in names {
+        let (a, b) = (links_before.get(path), links_now.get(path));
+        if a == b {
+            println!("same: {path} (symlink)");
+        } else {
+            differ += 1;
+            println!("differs: {path} (symlink): cached {a:?}, now {b:?}");
+        }
+    }
+    if cached.stdout_digest != outcome.result.stdout_digest {
         println!("note: stdout differs (not counted)");
     }
     if differ == 0 {
@@ -110,6 +121,18 @@ pub async fn rerun(
         println!("NOT reproduced: {differ} difference(s)");
         Ok(1)
     }
+}
+
+/// Every output symlink by path, with its target.
+#[allow(deprecated)] // Older clients still fill the v2.0 fields.
+fn symlinks(result: &ActionResult) -> BTreeMap<String, String> {
+    result
+        .output_symlinks
+        .iter()
+        .chain(&result.output_file_symlinks)
+        .chain(&result.output_directory_symlinks)
+        .map(|l| (l.path.clone(), l.target.clone()))
+        .collect()
 }
 
 /// The configuration a worker slot on this host would run with, for `instance`.

@@ -83,7 +83,9 @@ pub async fn run(settings: Settings, server: String) -> Result<(), Error> {
         directories: DirectoryCache::new(settings.execution.directory_cache_bytes),
     });
     let worker = describe(&settings, slot_count);
-    if let Some(http) = crate::server::metrics::bind(&written.metrics).await? {
+    // A worker often shares a host with its server: it serves metrics only where told to.
+    let wanted = written.metrics.listen.is_some();
+    if wanted && let Some(http) = crate::server::metrics::bind(&written.metrics).await? {
         crate::server::metrics::handle();
         let routes = crate::server::metrics::routes(
             Arc::new(|| crate::server::metrics::handle().render()),

@@ -233,7 +233,8 @@ pub struct TlsConfig {
 pub struct MetricsConfig {
     /// Whether the listener runs at all.
     pub enabled: bool,
-    /// Address serving the UI, `/metrics` and `/healthz`; `None` (only in code) means off.
+    /// Address serving the UI, `/metrics` and `/healthz`; unset, [`DEFAULT_HTTP_LISTEN`]
+    /// for a server and none for `rexd worker`.
     pub listen: Option<SocketAddr>,
 }
 
@@ -244,7 +245,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            listen: Some(DEFAULT_HTTP_LISTEN.parse().expect("a valid address")),
+            listen: None,
         }
     }
 }
@@ -252,12 +253,14 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The address to serve on, if the listener is on.
     pub fn address(&self) -> Option<SocketAddr> {
-        self.listen.filter(|_| self.enabled)
+        let default = || DEFAULT_HTTP_LISTEN.parse().expect("a valid address");
+        self.enabled.then(|| self.listen.unwrap_or_else(default))
     }
 
-    /// Whether `address` is the built-in default, which another rexd on the host may hold.
+    /// Whether no address was written, so the built-in one is used, which another rexd on
+    /// the host may hold.
     pub fn is_default_address(&self) -> bool {
-        self.listen == MetricsConfig::default().listen
+        self.listen.is_none()
     }
 }
 

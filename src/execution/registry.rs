@@ -250,6 +250,17 @@ impl Operations {
         state.by_name.values().cloned().collect()
     }
 
+    /// The operations not yet finished (queued or running), without copying the finished.
+    pub fn live(&self) -> Vec<Arc<OperationState>> {
+        let state = self.registry.state.lock().unwrap();
+        state
+            .by_name
+            .values()
+            .filter(|op| !op.is_done())
+            .cloned()
+            .collect()
+    }
+
     /// Operations retained, live and finished.
     pub fn len(&self) -> usize {
         self.registry.state.lock().unwrap().by_name.len()

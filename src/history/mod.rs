@@ -12,10 +12,15 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use prost::Message;
+
 use crate::digest::Digest;
 use crate::proto::remote_execution::{ActionResult, ExecuteResponse, RequestMetadata};
 
 pub use record::{ClientInfo, Filter, InvocationStats, Outcome, OutcomeKind, Record};
+
+/// The tool name `rexd action` sends: its own lookups are not what a person wants to see.
+pub const INSPECTOR_TOOL: &str = "rexd-action";
 
 /// How much the history may hold.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +66,8 @@ pub struct Totals {
     pub cache_hits: u64,
     pub executed: u64,
     pub failed: u64,
+    /// GetActionResult calls that found nothing.
+    pub lookup_misses: u64,
 }
 
 impl History {
@@ -87,6 +94,10 @@ impl History {
         metadata: Option<&RequestMetadata>,
         result: &ActionResult,
     ) {
+        let tool = metadata.and_then(|m| m.tool_details.as_ref());
+        if tool.is_some_and(|t| t.tool_name == INSPECTOR_TOOL) {
+            return;
+        }
         self.push(
             instance,
             action_digest,
@@ -127,20 +138,23 @@ impl History {
         result: Option<ActionResult>,
     ) {
         let client = metadata.map(ClientInfo::from_proto).unwrap_or_default();
-        let at = SystemTime::now();
-        let mut state = self.state.lock().unwrap();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        let record = Arc::new(Record {
-            seq,
-            at,
+        let result_bytes = result.as_ref().map_or(0, |r| r.encoded_len() as u64);
+        let mut record = Record {
+            seq: 0,
+            at: SystemTime::now(),
             instance: instance.to_string(),
             action_digest,
             client,
             outcome,
             operation,
             result,
-        });
+            bytes: 0,
+        };
+        record.bytes = record.measure(result_bytes);
+        let mut state = self.state.lock().unwrap();
+        record.seq = state.next_seq;
+        state.next_seq += 1;
+        let (seq, record) = (record.seq, Arc::new(record));
         state.count(&record, self.limits.max_invocations);
         state.bytes += record.cost();
         state.latest.insert(action_digest, seq);
@@ -148,14 +162,29 @@ impl History {
         state.trim(&self.limits);
     }
 
+    /// An action-cache lookup that found nothing (counted, not recorded).
+    pub fn record_miss(&self) {
+        self.state.lock().unwrap().totals.lookup_misses += 1;
+    }
+
     /// Up to `limit` records that pass `filter`, newest first.
     pub fn recent(&self, filter: &Filter, limit: usize) -> Vec<Arc<Record>> {
+        self.recent_where(filter, limit, |_| true)
+    }
+
+    /// Up to `limit` records that pass `filter` and `visible`, newest first.
+    pub fn recent_where(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        visible: impl Fn(&Record) -> bool,
+    ) -> Vec<Arc<Record>> {
         let state = self.state.lock().unwrap();
         state
             .records
             .iter()
             .rev()
-            .filter(|r| filter.admits(r))
+            .filter(|r| filter.admits(r) && visible(r))
             .take(limit)
             .cloned()
             .collect()

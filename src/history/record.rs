@@ -3,8 +3,6 @@
 
 use std::time::SystemTime;
 
-use prost::Message;
-
 use crate::digest::Digest;
 use crate::proto::remote_execution::{ActionResult, ExecuteResponse, RequestMetadata};
 
@@ -149,11 +147,19 @@ pub struct Record {
     pub operation: Option<String>,
     /// The result, when there was one (failed runs are not in the action cache).
     pub result: Option<ActionResult>,
+    /// What it costs against the history's byte bound; see [`Record::cost`].
+    pub(super) bytes: u64,
 }
 
 impl Record {
     /// What the record costs against the history's byte bound.
     pub fn cost(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The cost of this record whose result encodes to `result_bytes` (measured before the
+    /// history's lock is taken).
+    pub(super) fn measure(&self, result_bytes: u64) -> u64 {
         let outcome = match &self.outcome {
             Outcome::Error { code, message } => code.len() + message.len(),
             _ => 0,
@@ -163,7 +169,7 @@ impl Record {
             + self.client.bytes()
             + outcome
             + self.operation.as_ref().map_or(0, |o| o.len() as u64)
-            + self.result.as_ref().map_or(0, |r| r.encoded_len() as u64)
+            + result_bytes
     }
 }
 

@@ -117,6 +117,14 @@ pub fn diff(before: &ActionView, after: &ActionView) -> ActionDiff {
         .filter(|p| !new.contains_key(*p))
         .cloned()
         .collect();
+    if d.is_empty() && before.digest != after.digest {
+        // Same in every field compared, yet different actions: say so, never "no difference".
+        d.settings.push(Change {
+            name: "fields not compared (node properties, empty directories, encoding)".into(),
+            before: Some(before.digest.to_string()),
+            after: Some(after.digest.to_string()),
+        });
+    }
     for (side, inputs) in [("first", &old), ("second", &new)] {
         for (path, input) in inputs.iter() {
             if let Input::MissingDirectory { digest } = input {
@@ -149,6 +157,7 @@ fn settings(view: &ActionView) -> BTreeMap<String, String> {
     let timeout = view.action.timeout.as_ref().map_or(0, |t| t.seconds);
     s.insert("timeout_secs".into(), timeout.to_string());
     s.insert("do_not_cache".into(), view.action.do_not_cache.to_string());
+    s.insert("salt".into(), hex::encode(&view.action.salt));
     s.insert("output_paths".into(), view.output_paths().join(" "));
     s
 }
@@ -233,6 +242,19 @@ mod tests {
         assert_eq!(d.inputs_removed, vec!["gone".to_string()]);
         assert!(d.arguments.is_empty() && d.platform.is_empty() && d.inputs_added.is_empty());
         assert!(d.to_text().contains("env MODE: fast -> slow"));
+    }
+
+    #[test]
+    fn different_actions_never_show_no_difference() {
+        let (a, mut b) = (view("x", b"one", None), view("x", b"one", None));
+        b.digest = Digest::of(DigestFunction::Sha256, b"another action");
+        let d = diff(&a, &b);
+        assert!(!d.is_empty());
+        assert!(
+            d.to_text().contains("fields not compared"),
+            "{}",
+            d.to_text()
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::proto::remote_execution::{Action, Command, Directory};
 
 /// Most directories one view walks; a larger tree is shown cut short, with a note.
 pub const MAX_DIRECTORIES: usize = 10_000;
+/// Most input paths one view lists (and a diff compares).
+pub const MAX_INPUTS: usize = 200_000;
 
 /// Where blobs are read from.
 pub trait BlobSource: Sync {
@@ -127,47 +129,49 @@ impl ActionView {
 
     /// Every input by path, walking the tree from the root.
     pub fn inputs(&self) -> BTreeMap<String, Input> {
-        let mut inputs = BTreeMap::new();
-        if let Some(root) = &self.input_root {
-            self.walk(root, "", &mut inputs);
-        }
-        inputs
-    }
-
-    fn walk(&self, digest: &Digest, prefix: &str, out: &mut BTreeMap<String, Input>) {
-        let function = digest.function();
-        let Some(dir) = self.directories.get(digest) else {
-            out.insert(
-                prefix.to_string(),
-                Input::MissingDirectory { digest: *digest },
-            );
-            return;
+        let mut out = BTreeMap::new();
+        let Some(root) = self.input_root else {
+            return out;
         };
-        let join = |name: &str| {
-            if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}/{name}")
+        // Iterative, and capped: a tree that shares subdirectories can name far more paths
+        // than it has directories.
+        let mut stack = vec![(root, String::new())];
+        while let Some((digest, prefix)) = stack.pop() {
+            if out.len() >= MAX_INPUTS {
+                break;
             }
-        };
-        for f in &dir.files {
-            if let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) {
-                let input = Input::File {
-                    digest: d,
-                    executable: f.is_executable,
-                };
-                out.insert(join(&f.name), input);
+            let function = digest.function();
+            let Some(dir) = self.directories.get(&digest) else {
+                out.insert(prefix, Input::MissingDirectory { digest });
+                continue;
+            };
+            let join = |name: &str| {
+                if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                }
+            };
+            for f in &dir.files {
+                if let Some(Ok(d)) = f.digest.as_ref().map(|d| Digest::from_proto(function, d)) {
+                    let input = Input::File {
+                        digest: d,
+                        executable: f.is_executable,
+                    };
+                    out.insert(join(&f.name), input);
+                }
+            }
+            for s in &dir.symlinks {
+                let target = s.target.clone();
+                out.insert(join(&s.name), Input::Symlink { target });
+            }
+            for sub in &dir.directories {
+                if let Some(Ok(d)) = sub.digest.as_ref().map(|d| Digest::from_proto(function, d)) {
+                    stack.push((d, join(&sub.name)));
+                }
             }
         }
-        for s in &dir.symlinks {
-            let target = s.target.clone();
-            out.insert(join(&s.name), Input::Symlink { target });
-        }
-        for sub in &dir.directories {
-            if let Some(Ok(d)) = sub.digest.as_ref().map(|d| Digest::from_proto(function, d)) {
-                self.walk(&d, &join(&sub.name), out);
-            }
-        }
+        out
     }
 
     /// The environment, by name.

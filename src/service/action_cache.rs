@@ -46,6 +46,7 @@ impl ActionCache for ActionCacheService {
             .action_result(&req.instance_name, &digest)
             .await?
         else {
+            self.ctx.history.record_miss();
             return Err(Error::Absent(format!("no action result for {digest}")).into());
         };
         self.ctx.history.record_hit(

@@ -47,17 +47,7 @@ pub async fn page(
         }
         _ => None,
     };
-    let grpc = state.ctx.settings.written.listen;
-    let rerun = format!(
-        "rexd action rerun {}/{} --server grpc://{grpc}{}",
-        digest.hash_hex(),
-        digest.size(),
-        if instance.is_empty() {
-            String::new()
-        } else {
-            format!(" --instance {instance}")
-        }
-    );
+    let rerun = rerun_command(&state, &digest, &instance);
     let body = html! {
         (summary(&digest, record.as_deref(), &instance))
         @if let Some(m) = result.as_ref().and_then(|r| r.execution_metadata.as_ref()) {
@@ -84,6 +74,32 @@ pub async fn page(
         &format!("Action {}", super::actions::short(&digest)),
         body,
     ))
+}
+
+/// The `rexd action rerun` line for this server, as a developer would type it.
+fn rerun_command(state: &WebState, digest: &Digest, instance: &str) -> String {
+    let written = &state.ctx.settings.written;
+    let scheme = if written.tls.is_some() {
+        "grpcs"
+    } else {
+        "grpc"
+    };
+    let listen = written.listen;
+    let address = if listen.ip().is_unspecified() {
+        format!("THIS-HOST:{}", listen.port())
+    } else {
+        listen.to_string()
+    };
+    let instance = if instance.is_empty() {
+        String::new()
+    } else {
+        format!(" --instance {instance}")
+    };
+    format!(
+        "rexd action rerun {}/{} --server {scheme}://{address}{instance}",
+        digest.hash_hex(),
+        digest.size(),
+    )
 }
 
 fn summary(digest: &Digest, record: Option<&Record>, instance: &str) -> Markup {
@@ -195,12 +211,17 @@ fn timeline(m: &ExecutedActionMetadata) -> Markup {
         div.legend {
             @for (name, class, from, to) in &phases {
                 @if let (Some(from), Some(to)) = (from, to) {
-                    span { i class=(class) {} (name) " " (layout::duration(std::time::Duration::from_secs_f64((to - from).max(0.0)))) }
+                    span { i class=(class) {} (name) " " (layout::duration(seconds(to - from))) }
                 }
             }
-            span.muted { "total " (layout::duration(std::time::Duration::from_secs_f64(total))) " on " (m.worker) }
+            span.muted { "total " (layout::duration(seconds(total))) " on " (m.worker) }
         }
     }
+}
+
+/// A span an executor reported, which may be nonsense (a bot's or a client's timestamps).
+fn seconds(span: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(span.max(0.0)).unwrap_or_default()
 }
 
 /// Up to [`INLINE_OUTPUT`] bytes of stdout (or stderr), as text, and whether it is cut.

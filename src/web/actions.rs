@@ -35,13 +35,9 @@ pub async fn list(
         invocation: params.invocation.clone(),
         target: params.target.clone(),
     };
-    let rows: Vec<_> = state
-        .ctx
-        .history
-        .recent(&filter, PAGE_ROWS)
-        .into_iter()
-        .filter(|r| WebState::may_read(&caller, &r.instance))
-        .collect();
+    let rows: Vec<_> = state.ctx.history.recent_where(&filter, PAGE_ROWS, |r| {
+        WebState::may_read(&caller, &r.instance)
+    });
     let (retained, _) = state.ctx.history.size();
     let body = html! {
         form.filters method="get" action="/actions" {

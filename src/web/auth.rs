@@ -33,6 +33,11 @@ pub async fn require_read(
     next: Next,
 ) -> Response {
     let auth = &state.ctx.settings.authenticator;
+    if !auth.enabled()
+        && let Some(refused) = open_access_refused(&state, request.headers())
+    {
+        return login_page(StatusCode::FORBIDDEN, refused);
+    }
     let caller: Caller = match auth.authenticate(presented(request.headers()).as_deref()) {
         Ok(caller) => caller,
         Err(e) => return login_page(StatusCode::UNAUTHORIZED, &e.to_string()),
@@ -49,6 +54,28 @@ pub async fn require_read(
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Without tokens the UI is open, so it answers only where that is safe: not when the gRPC
+/// port demands client certificates (the UI would bypass them), and only to a `Host` that is
+/// an IP address or `localhost`, so a web page cannot reach it through DNS rebinding.
+fn open_access_refused(state: &WebState, headers: &HeaderMap) -> Option<&'static str> {
+    let written = &state.ctx.settings.written;
+    if written.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+        return Some(
+            "the gRPC port requires client certificates, so the UI needs [[auth.tokens]] too",
+        );
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let safe = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    (!safe).then_some(
+        "without [[auth.tokens]] the UI answers only to an IP address or localhost \
+         (a DNS name could be a rebinding attack); open it by address, or configure tokens",
+    )
 }
 
 fn login_form(message: &str) -> Markup {

@@ -11,7 +11,7 @@ use crate::inspect::{ActionView, diff};
 /// Earlier executions searched for a match by target and mnemonic.
 const MAX_CANDIDATES: usize = 2_000;
 /// Of those, the most whose Command is read to match by output paths.
-const MAX_LOADED: usize = 32;
+const MAX_LOADED: usize = 8;
 
 /// The explanation, or `None` when no earlier action matches.
 pub async fn explain(state: &WebState, record: &Record, view: &ActionView) -> Option<Markup> {

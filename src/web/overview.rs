@@ -96,19 +96,20 @@ fn live(state: &WebState, caller: &Caller) -> Markup {
     };
     let engine = ctx.execution.as_ref();
     let mut running: Vec<_> = engine
-        .map(|e| e.operations().list_all())
+        .map(|e| e.operations().live())
         .unwrap_or_default()
         .into_iter()
         .filter(|op| matches!(op.progress(), Progress::Executing))
         .filter(|op| WebState::may_read(caller, &op.instance))
         .collect();
     running.sort_by_key(|op| op.created);
-    let errors = history.recent(
+    let errors = history.recent_where(
         &Filter {
             outcome: Some(OutcomeKind::Error),
             ..Default::default()
         },
         10,
+        |r| WebState::may_read(caller, &r.instance),
     );
     let now = SystemTime::now();
     html! {
@@ -116,6 +117,7 @@ fn live(state: &WebState, caller: &Caller) -> Markup {
             (card("Queued", engine.map_or(0, |e| e.queued()).to_string()))
             (card("Running", running.len().to_string()))
             (card("Cache hit ratio", hit_ratio))
+            (card("Lookups missed", totals.lookup_misses.to_string()))
             (card("Uploads", format!("{}/s", layout::bytes(in_rate as u64))))
             (card("Downloads", format!("{}/s", layout::bytes(out_rate as u64))))
             (card("CAS on disk", disk))
@@ -160,12 +162,10 @@ fn live(state: &WebState, caller: &Caller) -> Markup {
             table {
                 tr { th { "When" } th { "Action" } th { "Error" } }
                 @for r in &errors {
-                    @if WebState::may_read(caller, &r.instance) {
-                        tr {
-                            td { (layout::ago(r.at)) }
-                            td.mono { a href=(layout::action_href(&r.action_digest)) { (r.action_digest.to_string()) } }
-                            td.error { (r.outcome.describe()) }
-                        }
+                    tr {
+                        td { (layout::ago(r.at)) }
+                        td.mono { a href=(layout::action_href(&r.action_digest)) { (r.action_digest.to_string()) } }
+                        td.error { (r.outcome.describe()) }
                     }
                 }
             }

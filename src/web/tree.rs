@@ -11,6 +11,8 @@ use crate::inspect::ActionView;
 
 /// Most entries drawn; the rest are counted in a note.
 const MAX_ENTRIES: usize = 5_000;
+/// Deepest directory drawn; the page is built by recursion, on an async thread's stack.
+const MAX_DEPTH: usize = 64;
 
 pub fn input_tree(view: &ActionView) -> Markup {
     let Some(root) = &view.input_root else {
@@ -18,7 +20,7 @@ pub fn input_tree(view: &ActionView) -> Markup {
     };
     let drawn = Cell::new(0usize);
     html! {
-        div #input-tree { (directory(view, root, "(input root)", true, &drawn)) }
+        div #input-tree { (directory(view, root, "(input root)", 0, &drawn)) }
         @if drawn.get() > MAX_ENTRIES { p.note { "Only the first " (MAX_ENTRIES) " entries are shown." } }
     }
 }
@@ -27,9 +29,12 @@ fn directory(
     view: &ActionView,
     digest: &Digest,
     name: &str,
-    open: bool,
+    depth: usize,
     drawn: &Cell<usize>,
 ) -> Markup {
+    if depth >= MAX_DEPTH {
+        return html! { div.muted { (name) "/ (deeper levels not shown)" } };
+    }
     let function = digest.function();
     let Some(dir) = view.directories.get(digest) else {
         return html! { div { (name) "/ " span.muted { "(not in the CAS)" } } };
@@ -39,12 +44,12 @@ fn directory(
             .and_then(|d| Digest::from_proto(function, d).ok())
     };
     html! {
-        details open[open] {
+        details open[depth == 0] {
             summary { (name) "/ " span.muted { "(" (dir.files.len() + dir.directories.len() + dir.symlinks.len()) " entries) " } a href=(layout::blob_href(digest, Some("directory"))) { "proto" } }
             @for sub in &dir.directories {
                 @if take(drawn) {
                     @match digest_of(&sub.digest) {
-                        Some(d) => (directory(view, &d, &sub.name, false, drawn)),
+                        Some(d) => (directory(view, &d, &sub.name, depth + 1, drawn)),
                         None => div { (sub.name) "/ (bad digest)" },
                     }
                 }

@@ -87,12 +87,14 @@ impl TestServer {
             ..Config::default()
         };
         config.storage.fsync = false;
-        // Tests run servers side by side; one that wants the HTTP listener names a port.
-        config.metrics.listen = None;
         config.sandbox.run_as_uid_base = private_uid_base();
         // This test binary is not rexd: the long-lived sandboxes' pid 1 is the real one.
         config.sandbox.init_program = Some(env!("CARGO_BIN_EXE_rexd").into());
         edit(&mut config);
+        // Tests run servers side by side; one that wants the HTTP listener names a port.
+        if config.metrics.listen.is_none() {
+            config.metrics.enabled = false;
+        }
         let ctx = tokio::task::spawn_blocking(move || {
             rexd::server::open_context(rexd::config::Settings::new(config).expect("valid settings"))
         })
