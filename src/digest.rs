@@ -14,11 +14,19 @@ pub enum DigestFunction {
     Sha256,
     /// Several times faster than SHA-256; always named explicitly in resource names.
     Blake3,
+    /// Git's blob hash: SHA-1 over `blob <size>\0` and the content, so a file's digest is its
+    /// Git object id. 20-byte hashes; always named explicitly, never inferred from length.
+    GitSha1,
 }
 
 impl DigestFunction {
     /// Every function the server offers, in the order Capabilities lists them.
-    pub const ALL: &'static [DigestFunction] = &[DigestFunction::Sha256, DigestFunction::Blake3];
+    /// New functions go at the end: the saved eviction order names them by position.
+    pub const ALL: &'static [DigestFunction] = &[
+        DigestFunction::Sha256,
+        DigestFunction::Blake3,
+        DigestFunction::GitSha1,
+    ];
 
     /// Maps a request's `digest_function` field. UNKNOWN (0) means "the default", SHA-256, as the
     /// spec asks of servers that support it.
@@ -28,6 +36,7 @@ impl DigestFunction {
                 Ok(DigestFunction::Sha256)
             }
             Ok(re::digest_function::Value::Blake3) => Ok(DigestFunction::Blake3),
+            Ok(re::digest_function::Value::Gitsha1) => Ok(DigestFunction::GitSha1),
             Ok(other) => Err(Error::BadInput(format!(
                 "digest function {} is not supported; this server supports: {}",
                 other.as_str_name(),
@@ -43,6 +52,7 @@ impl DigestFunction {
         match self {
             DigestFunction::Sha256 => re::digest_function::Value::Sha256,
             DigestFunction::Blake3 => re::digest_function::Value::Blake3,
+            DigestFunction::GitSha1 => re::digest_function::Value::Gitsha1,
         }
     }
 
@@ -51,6 +61,15 @@ impl DigestFunction {
         match self {
             DigestFunction::Sha256 => "sha256",
             DigestFunction::Blake3 => "blake3",
+            DigestFunction::GitSha1 => "gitsha1",
+        }
+    }
+
+    /// Length in bytes of this function's hashes.
+    pub fn hash_len(self) -> usize {
+        match self {
+            DigestFunction::Sha256 | DigestFunction::Blake3 => 32,
+            DigestFunction::GitSha1 => 20,
         }
     }
 
@@ -60,7 +79,8 @@ impl DigestFunction {
     }
 
     /// Picks the function from the hash length, for resource names that omit it (the spec
-    /// allows omitting it only for the older functions, so BLAKE3 is never inferred).
+    /// allows omitting it only for the older functions, so BLAKE3 and GITSHA1 are never
+    /// inferred).
     pub fn from_hash_len(len: usize) -> Option<Self> {
         match len {
             64 => Some(DigestFunction::Sha256),
@@ -68,10 +88,20 @@ impl DigestFunction {
         }
     }
 
-    pub fn hasher(self) -> Hasher {
+    /// A hasher for content of `size` bytes: GITSHA1 hashes the size before the content, so
+    /// it must be known up front; the other functions ignore it.
+    pub fn hasher(self, size: u64) -> Hasher {
         match self {
             DigestFunction::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
             DigestFunction::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+            DigestFunction::GitSha1 => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                Hasher::GitSha1 {
+                    hasher: h,
+                    declared: size,
+                }
+            }
         }
     }
 
@@ -84,13 +114,14 @@ impl DigestFunction {
     }
 }
 
-/// Length in bytes of every hash rexd stores.
+/// Room for the longest hash rexd stores; shorter ones are zero-padded.
 pub const HASH_LEN: usize = 32;
 
 /// A validated digest: function, raw hash bytes and size. `Copy`, so index keys cost nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     function: DigestFunction,
+    /// The hash in its first `function.hash_len()` bytes, zeros after.
     hash: [u8; HASH_LEN],
     size: u64,
 }
@@ -104,17 +135,16 @@ impl Digest {
             )));
         }
         let bytes = hash.as_bytes();
-        if bytes.len() != HASH_LEN * 2
-            || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        let len = function.hash_len();
+        if bytes.len() != len * 2 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(Error::BadInput(format!(
                 "digest {hash:?}/{size}: a {} hash must be {} lower-case hex characters",
                 function.name(),
-                HASH_LEN * 2
+                len * 2
             )));
         }
         let mut raw = [0u8; HASH_LEN];
-        hex::decode_to_slice(bytes, &mut raw).expect("validated hex");
+        hex::decode_to_slice(bytes, &mut raw[..len]).expect("validated hex");
         Ok(Digest {
             function,
             hash: raw,
@@ -150,7 +180,7 @@ impl Digest {
 
     /// The digest of `data`.
     pub fn of(function: DigestFunction, data: &[u8]) -> Self {
-        let mut hasher = function.hasher();
+        let mut hasher = function.hasher(data.len() as u64);
         hasher.update(data);
         hasher.finish(data.len() as u64)
     }
@@ -167,12 +197,12 @@ impl Digest {
         self.size
     }
 
-    pub fn hash_bytes(&self) -> &[u8; HASH_LEN] {
-        &self.hash
+    pub fn hash_bytes(&self) -> &[u8] {
+        &self.hash[..self.function.hash_len()]
     }
 
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        hex::encode(self.hash_bytes())
     }
 
     pub fn is_empty_blob(&self) -> bool {
@@ -214,6 +244,11 @@ impl fmt::Debug for Digest {
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Blake3(Box<blake3::Hasher>),
+    /// `declared` is the size hashed into the header.
+    GitSha1 {
+        hasher: sha1::Sha1,
+        declared: u64,
+    },
 }
 
 impl Hasher {
@@ -223,11 +258,13 @@ impl Hasher {
             Hasher::Blake3(h) => {
                 h.update(data);
             }
+            Hasher::GitSha1 { hasher, .. } => hasher.update(data),
         }
     }
 
     /// Finishes into a digest of `size` bytes (the caller counts what it fed in).
     pub fn finish(self, size: u64) -> Digest {
+        let mut hash = [0u8; HASH_LEN];
         match self {
             Hasher::Sha256(h) => Digest {
                 function: DigestFunction::Sha256,
@@ -239,6 +276,19 @@ impl Hasher {
                 hash: *h.finalize().as_bytes(),
                 size,
             },
+            Hasher::GitSha1 { hasher, declared } => {
+                hash[..20].copy_from_slice(&hasher.finalize());
+                if declared != size {
+                    // The header named another size: no content of `size` bytes has this
+                    // hash, so flip it to be sure it never verifies.
+                    hash[0] ^= 0xff;
+                }
+                Digest {
+                    function: DigestFunction::GitSha1,
+                    hash,
+                    size,
+                }
+            }
         }
     }
 }
@@ -265,6 +315,36 @@ mod tests {
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
         assert_ne!(d, Digest::empty(DigestFunction::Sha256));
+    }
+
+    #[test]
+    fn gitsha1_is_the_git_object_id() {
+        // `git hash-object` of an empty file and of "hello\n".
+        let empty = Digest::empty(DigestFunction::GitSha1);
+        assert_eq!(empty.hash_hex(), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+        let hello = Digest::of(DigestFunction::GitSha1, b"hello\n");
+        assert_eq!(hello.hash_hex(), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(hello.hash_bytes().len(), 20);
+        let parsed = Digest::parse(DigestFunction::GitSha1, &hello.hash_hex(), 6).unwrap();
+        assert_eq!(parsed, hello);
+        // Streamed in pieces, it is the same; a size other than the declared one never is.
+        let mut h = DigestFunction::GitSha1.hasher(6);
+        h.update(b"hel");
+        h.update(b"lo\n");
+        assert_eq!(h.finish(6), hello);
+        let mut short = DigestFunction::GitSha1.hasher(6);
+        short.update(b"hello");
+        assert_ne!(
+            short.finish(5),
+            Digest::of(DigestFunction::GitSha1, b"hello")
+        );
+        // A 64-character hash is not a GITSHA1 one, nor is a 40-character one inferred.
+        assert!(Digest::parse(DigestFunction::GitSha1, EMPTY_SHA256, 0).is_err());
+        assert_eq!(DigestFunction::from_hash_len(40), None);
+        assert_eq!(
+            DigestFunction::from_proto(10).unwrap(),
+            DigestFunction::GitSha1
+        );
     }
 
     #[test]
@@ -304,6 +384,10 @@ mod tests {
             DigestFunction::Blake3
         );
         assert!(DigestFunction::from_proto(3).is_err());
+        assert!(
+            DigestFunction::from_proto(4).is_err(),
+            "plain SHA-1 is not offered"
+        );
         assert!(DigestFunction::from_proto(999).is_err());
     }
 }

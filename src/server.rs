@@ -103,6 +103,11 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         None
     };
     let uploads = Arc::new(crate::storage::uploads::Uploads::new(settings.uploads));
+    let chunker = crate::storage::chunking::Chunker::new(
+        cas.clone(),
+        store.clone(),
+        config.storage.chunking(),
+    );
     Ok(Context {
         settings: Arc::new(settings),
         cas,
@@ -112,6 +117,7 @@ pub fn open_context(settings: Settings) -> Result<Context, Error> {
         execution,
         uploads,
         history,
+        chunker,
     })
 }
 

@@ -27,6 +27,8 @@ pub struct Context {
     pub uploads: Arc<crate::storage::uploads::Uploads>,
     /// Recent executions and cache hits, for the web UI and `rexd action`.
     pub history: crate::history::History,
+    /// SplitBlob and SpliceBlob.
+    pub chunker: crate::storage::chunking::Chunker,
 }
 
 impl Context {

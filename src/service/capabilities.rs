@@ -7,7 +7,8 @@ use crate::auth::Role;
 use crate::digest::DigestFunction;
 use crate::proto::remote_execution::{
     self as re, ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
-    GetCapabilitiesRequest, ServerCapabilities, capabilities_server::Capabilities,
+    FastCdc2020Params, GetCapabilitiesRequest, ServerCapabilities,
+    capabilities_server::Capabilities,
 };
 use crate::proto::semver::SemVer;
 use crate::state::Context;
@@ -50,6 +51,7 @@ impl Capabilities for CapabilitiesService {
             .iter()
             .map(|f| f.to_proto() as i32)
             .collect();
+        let chunking = self.ctx.chunker.options().fast_cdc;
         let cache = CacheCapabilities {
             digest_functions: digest_functions.clone(),
             action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
@@ -62,7 +64,13 @@ impl Capabilities for CapabilitiesService {
             supported_compressors: vec![re::compressor::Value::Zstd as i32],
             supported_batch_update_compressors: vec![re::compressor::Value::Zstd as i32],
             max_cas_blob_size_bytes: self.ctx.settings.written.limits.max_blob_size.as_u64() as i64,
-            ..Default::default()
+            split_blob_support: true,
+            splice_blob_support: true,
+            fast_cdc_2020_params: Some(FastCdc2020Params {
+                avg_chunk_size_bytes: u64::from(chunking.avg),
+                seed: chunking.seed,
+            }),
+            rep_max_cdc_params: None,
         };
         let execution = ExecutionCapabilities {
             digest_function: DigestFunction::Sha256.to_proto() as i32,

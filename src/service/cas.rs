@@ -1,4 +1,5 @@
-//! ContentAddressableStorage: existence checks, small-blob batches and tree listing.
+//! ContentAddressableStorage: existence checks, small-blob batches, tree listing, and the
+//! chunked transfers of large blobs (in `chunked.rs`).
 
 use tonic::{Request, Response, Status};
 
@@ -9,7 +10,8 @@ use crate::offload::blocking;
 use crate::proto::remote_execution::{
     BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
     BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
-    GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
+    GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
 use crate::state::Context;
@@ -215,6 +217,24 @@ impl ContentAddressableStorage for CasService {
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+    }
+
+    async fn split_blob(
+        &self,
+        request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        let caller = crate::auth::caller(&request);
+        let reply = super::chunked::split(&self.ctx, &caller, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn splice_blob(
+        &self,
+        request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        let caller = crate::auth::caller(&request);
+        let reply = super::chunked::splice(&self.ctx, &caller, request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 }
 

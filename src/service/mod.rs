@@ -8,5 +8,6 @@ pub mod bots;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
+pub mod chunked;
 pub mod execution;
 pub mod operations;

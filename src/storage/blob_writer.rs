@@ -14,7 +14,7 @@ use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::error::Error;
 use crate::storage::Cas;
 use crate::storage::cas::BLOB_MODE;
-use crate::storage::disk::hash_reader;
+use crate::storage::disk::hash_open_file;
 use crate::storage::stats::CasStats;
 
 /// Outputs hashed for the CAS but not yet durable or visible: one filesystem sync for all of
@@ -113,7 +113,8 @@ impl Cas {
         Ok(BlobWriter {
             cas: self.clone(),
             expected: Some(*digest),
-            hasher: Some(digest.function().hasher()),
+            hasher: Some(digest.function().hasher(digest.size())),
+            function: digest.function(),
             written: 0,
             file: BufWriter::with_capacity(256 * 1024, file),
             path,
@@ -126,6 +127,10 @@ impl Cas {
     pub fn content_writer(&self, function: DigestFunction) -> Result<BlobWriter, Error> {
         let mut writer = self.writer(&Digest::empty(function))?;
         writer.expected = None;
+        // GITSHA1 hashes the size first, which only the end of the content tells: the file
+        // is hashed once it is complete instead.
+        writer.hasher = (function != DigestFunction::GitSha1).then(|| function.hasher(0));
+        writer.function = function;
         Ok(writer)
     }
 
@@ -180,7 +185,7 @@ impl Cas {
     ) -> Result<Digest, Error> {
         let file =
             File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let digest = hash_reader(&file, function)
+        let digest = hash_open_file(&file, function)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if self.contains(&digest) {
             return Ok(digest);
@@ -265,8 +270,10 @@ pub struct BlobWriter {
     /// The digest the content must have; `None` for content stored under whatever digest it
     /// turns out to have.
     expected: Option<Digest>,
-    /// `None` once the data was verified up front (whole-buffer puts).
+    /// `None` once the data was verified up front (whole-buffer puts), or for content of
+    /// unknown size hashed with GITSHA1, which is hashed from the file at commit.
     hasher: Option<Hasher>,
+    function: DigestFunction,
     written: u64,
     file: BufWriter<File>,
     /// The temp file's name; deletes the file when dropped.
@@ -297,45 +304,50 @@ impl BlobWriter {
     /// Verifies size and hash (or, for content of unknown digest, computes it), flushes (and
     /// fsyncs if configured), then renames into place. Returns the blob's digest.
     pub fn commit(self) -> Result<Digest, Error> {
-        let digest = match self.expected {
-            Some(expected) => {
-                if self.written != expected.size() {
-                    return Err(Error::BadInput(format!(
-                        "upload of {expected} ended after {} bytes, but the digest says {}",
-                        self.written,
-                        expected.size()
-                    )));
-                }
-                if let Some(hasher) = self.hasher {
-                    let actual = hasher.finish(self.written);
-                    if actual != expected {
-                        return Err(mismatch(&expected, &actual));
-                    }
-                }
-                expected
+        let BlobWriter {
+            cas,
+            expected,
+            hasher,
+            written,
+            file,
+            path,
+            sync,
+            function,
+        } = self;
+        if let Some(expected) = expected {
+            if written != expected.size() {
+                return Err(Error::BadInput(format!(
+                    "upload of {expected} ended after {written} bytes, but the digest says {}",
+                    expected.size()
+                )));
             }
-            None => {
-                let hasher = self.hasher.expect("content of unknown digest is hashed");
-                let digest = hasher.finish(self.written);
-                if self.cas.contains(&digest) {
-                    return Ok(digest); // Already stored; the temp file goes.
+            if let Some(hasher) = &hasher {
+                let actual = hasher.clone().finish(written);
+                if actual != expected {
+                    return Err(mismatch(&expected, &actual));
                 }
-                digest
             }
-        };
-        let cas = self.cas;
-        let file = self
-            .file
+        }
+        let file = file
             .into_inner()
-            .map_err(|e| cas.write_error(format!("writing blob {digest}"), e.into_error()))?;
-        if self.sync {
+            .map_err(|e| cas.write_error("writing a blob", e.into_error()))?;
+        let digest = match (expected, hasher) {
+            (Some(expected), _) => expected,
+            (None, Some(hasher)) => hasher.finish(written),
+            (None, None) => hash_open_file(
+                &File::open(&path).map_err(|e| Error::io("reopening a download", e))?,
+                function,
+            )
+            .map_err(|e| Error::io("hashing a download", e))?,
+        };
+        if expected.is_none() && cas.contains(&digest) {
+            return Ok(digest); // Already stored; the temp file goes.
+        }
+        if sync {
             file.sync_data()
                 .map_err(|e| cas.write_error(format!("syncing blob {digest}"), e))?;
         }
-        cas.publish(
-            &digest,
-            tempfile::NamedTempFile::from_parts(file, self.path),
-        )?;
+        cas.publish(&digest, tempfile::NamedTempFile::from_parts(file, path))?;
         Ok(digest)
     }
 }

@@ -11,11 +11,22 @@ use crate::error::Error;
 
 /// Hashes a file's whole content.
 pub fn hash_file(path: &Path, function: DigestFunction) -> io::Result<Digest> {
-    hash_reader(&File::open(path)?, function)
+    hash_open_file(&File::open(path)?, function)
 }
 
-pub fn hash_reader(mut reader: impl Read, function: DigestFunction) -> io::Result<Digest> {
-    let mut hasher = function.hasher();
+/// Hashes an open file from its current position, which must be the start.
+pub fn hash_open_file(file: &File, function: DigestFunction) -> io::Result<Digest> {
+    hash_reader(file, function, file.metadata()?.len())
+}
+
+/// Hashes `reader`, which holds `expected_size` bytes (GITSHA1 hashes the size first); a
+/// reader that holds another amount gives a digest that will not verify.
+pub fn hash_reader(
+    mut reader: impl Read,
+    function: DigestFunction,
+    expected_size: u64,
+) -> io::Result<Digest> {
+    let mut hasher = function.hasher(expected_size);
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {

@@ -107,7 +107,9 @@ pub fn write_order(tmp_dir: &Path, path: &Path, order: &[Digest]) -> Result<(), 
     let mut data = Vec::with_capacity(order.len() * RECORD);
     for d in order {
         data.push(function_code(d.function()));
-        data.extend_from_slice(d.hash_bytes());
+        let mut hash = [0u8; HASH_LEN];
+        hash[..d.hash_bytes().len()].copy_from_slice(d.hash_bytes());
+        data.extend_from_slice(&hash);
         data.extend_from_slice(&d.size().to_le_bytes());
     }
     crate::storage::write_atomic(tmp_dir, path, &data, false)
@@ -122,7 +124,8 @@ pub fn read_order(path: &Path) -> Vec<Digest> {
         .filter_map(|r| {
             let function = *DigestFunction::ALL.get(r[0] as usize)?;
             let size = u64::from_le_bytes(r[1 + HASH_LEN..].try_into().ok()?);
-            Digest::parse(function, &hex::encode(&r[1..1 + HASH_LEN]), size as i64).ok()
+            let hash = &r[1..1 + function.hash_len()];
+            Digest::parse(function, &hex::encode(hash), size as i64).ok()
         })
         .collect()
 }

@@ -7,6 +7,7 @@ pub mod action_cache;
 pub mod asset_store;
 pub mod blob_writer;
 pub mod cas;
+pub mod chunking;
 pub mod disk;
 pub mod eviction;
 pub mod executable;

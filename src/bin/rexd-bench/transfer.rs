@@ -149,8 +149,9 @@ async fn read_verified(
         .map_err(|e| format!("{what}: {e}"))?
         .into_inner();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+    let expected_size = d.size_bytes as u64;
     let hasher = tokio::task::spawn_blocking(move || {
-        let mut hasher = DigestFunction::Sha256.hasher();
+        let mut hasher = DigestFunction::Sha256.hasher(expected_size);
         let mut size = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
             hasher.update(&chunk);
@@ -176,7 +177,7 @@ async fn read_verified(
 }
 
 fn salted_digest(salt: &Salt, body: &[u8]) -> re::Digest {
-    let mut hasher = DigestFunction::Sha256.hasher();
+    let mut hasher = DigestFunction::Sha256.hasher((SALT_LEN + body.len()) as u64);
     hasher.update(salt);
     hasher.update(body);
     hasher.finish((SALT_LEN + body.len()) as u64).to_proto()

@@ -1,5 +1,6 @@
-//! Execute with BLAKE3 digests end to end: the action, command, input tree and outputs are
-//! all named by BLAKE3, and the result is cached under the BLAKE3 action digest.
+//! Execute with the digest functions other than SHA-256 (BLAKE3, GITSHA1) end to end: the
+//! action, command, input tree and outputs are all named by that function, and the result
+//! is cached under its action digest.
 
 mod common;
 
@@ -9,11 +10,7 @@ use prost::Message;
 use rexd::digest::{Digest, DigestFunction};
 use rexd::proto::remote_execution as re;
 
-fn blake3(data: &[u8]) -> re::Digest {
-    Digest::of(DigestFunction::Blake3, data).to_proto()
-}
-
-async fn upload(server: &TestServer, blobs: &[&[u8]]) {
+async fn upload(server: &TestServer, function: DigestFunction, blobs: &[&[u8]]) {
     let response = server
         .cas()
         .await
@@ -21,12 +18,12 @@ async fn upload(server: &TestServer, blobs: &[&[u8]]) {
             requests: blobs
                 .iter()
                 .map(|b| re::batch_update_blobs_request::Request {
-                    digest: Some(blake3(b)),
+                    digest: Some(Digest::of(function, b).to_proto()),
                     data: bytes::Bytes::copy_from_slice(b),
                     compressor: 0,
                 })
                 .collect(),
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            digest_function: function.to_proto() as i32,
             ..Default::default()
         })
         .await
@@ -37,12 +34,16 @@ async fn upload(server: &TestServer, blobs: &[&[u8]]) {
     }
 }
 
-async fn execute(server: &TestServer, action: &re::Digest) -> re::ExecuteResponse {
+async fn execute(
+    server: &TestServer,
+    function: DigestFunction,
+    action: &re::Digest,
+) -> re::ExecuteResponse {
     let mut stream = execution_client(server)
         .await
         .execute(re::ExecuteRequest {
             action_digest: Some(action.clone()),
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            digest_function: function.to_proto() as i32,
             ..Default::default()
         })
         .await
@@ -55,10 +56,7 @@ async fn execute(server: &TestServer, action: &re::Digest) -> re::ExecuteRespons
     let op = last.expect("an operation");
     assert!(op.done);
     let meta = re::ExecuteOperationMetadata::decode(&op.metadata.unwrap().value[..]).unwrap();
-    assert_eq!(
-        meta.digest_function,
-        re::digest_function::Value::Blake3 as i32
-    );
+    assert_eq!(meta.digest_function, function.to_proto() as i32);
     match op.result.unwrap() {
         rexd::proto::longrunning::operation::Result::Response(any) => {
             re::ExecuteResponse::decode(&any.value[..]).unwrap()
@@ -69,12 +67,27 @@ async fn execute(server: &TestServer, action: &re::Digest) -> re::ExecuteRespons
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_with_blake3_digests() {
+    execute_with(DigestFunction::Blake3).await;
+}
+
+/// GITSHA1 hashes the size before the content, so every path that hashes (uploads, output
+/// collection, staging checks) must know it up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_with_gitsha1_digests() {
+    let digests = execute_with(DigestFunction::GitSha1).await;
+    // `git hash-object` of the input file.
+    assert_eq!(digests.hash, "02f92471ef0bc66184414c4b9795dc914756d463");
+}
+
+/// Runs `cat in.txt > out.txt` with every digest named by `function`; returns the output's.
+async fn execute_with(function: DigestFunction) -> re::Digest {
+    let name = |data: &[u8]| Digest::of(function, data).to_proto();
     let server = start_plain(|_| {}).await;
-    let input = b"blake3 input\n";
+    let input = b"digest function input\n";
     let root = re::Directory {
         files: vec![re::FileNode {
             name: "in.txt".into(),
-            digest: Some(blake3(input)),
+            digest: Some(name(input)),
             ..Default::default()
         }],
         ..Default::default()
@@ -88,14 +101,14 @@ async fn execute_with_blake3_digests() {
     }
     .encode_to_vec();
     let action = re::Action {
-        command_digest: Some(blake3(&command)),
-        input_root_digest: Some(blake3(&root)),
+        command_digest: Some(name(&command)),
+        input_root_digest: Some(name(&root)),
         ..Default::default()
     }
     .encode_to_vec();
-    upload(&server, &[input, &root, &command, &action]).await;
+    upload(&server, function, &[input, &root, &command, &action]).await;
 
-    let response = execute(&server, &blake3(&action)).await;
+    let response = execute(&server, function, &name(&action)).await;
     assert_eq!(
         response.status.as_ref().map_or(0, |s| s.code),
         0,
@@ -104,34 +117,53 @@ async fn execute_with_blake3_digests() {
     assert!(!response.cached_result);
     let result = response.result.unwrap();
     assert_eq!(result.exit_code, 0);
-    assert_eq!(result.output_files[0].digest, Some(blake3(input)));
-    assert_eq!(result.stdout_digest, Some(blake3(b"")));
+    assert_eq!(result.output_files[0].digest, Some(name(input)));
+    assert_eq!(result.stdout_digest, Some(name(b"")));
 
-    // The output reads back under its BLAKE3 name, and the result is cached under BLAKE3.
+    // The output reads back under its own name, and the result is cached under it.
     let read = server
         .cas()
         .await
         .batch_read_blobs(re::BatchReadBlobsRequest {
-            digests: vec![blake3(input)],
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            digests: vec![name(input)],
+            digest_function: function.to_proto() as i32,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(&read.responses[0].data[..], input);
-    let again = execute(&server, &blake3(&action)).await;
+    let again = execute(&server, function, &name(&action)).await;
     assert!(again.cached_result);
     let ac = server
         .action_cache()
         .await
         .get_action_result(re::GetActionResultRequest {
-            action_digest: Some(blake3(&action)),
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            action_digest: Some(name(&action)),
+            digest_function: function.to_proto() as i32,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ac.exit_code, 0);
+    // ByteStream names the function in the resource name.
+    let d = name(input);
+    let resource = format!("blobs/{}/{}/{}", function.name(), d.hash, d.size_bytes);
+    let mut read = server
+        .bytestream()
+        .await
+        .read(rexd::proto::bytestream::ReadRequest {
+            resource_name: resource,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = read.message().await.unwrap() {
+        data.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(data, input);
+    d
 }

@@ -1,0 +1,106 @@
+//! SplitBlob: cuts a stored blob into FastCDC chunks, stores the chunks the CAS lacks, and
+//! remembers the list. The blob is read once, sequentially, on the blocking pool, and is
+//! hashed as it is read so that chunks are never cut from a damaged copy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Chunker;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::offload::blocking;
+use crate::storage::Cas;
+
+/// New chunks are written in groups of about this many bytes, one filesystem sync each.
+const WRITE_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+impl Chunker {
+    /// The chunks of `blob`, all present in the CAS when this returns.
+    pub async fn split(&self, blob: Digest) -> Result<Arc<[Digest]>, Error> {
+        let threshold = u64::from(self.options.fast_cdc.max());
+        if blob.size() < threshold {
+            return Err(Error::Absent(format!(
+                "blob {blob} is {} bytes, under the {threshold}-byte chunking threshold \
+                 (4 x the advertised FastCDC average): it has no chunks; read it whole",
+                blob.size()
+            )));
+        }
+        if !self.store.ensure_local(&[blob]).await.is_empty() {
+            return Err(Error::Absent(format!("blob {blob} is not in the CAS")));
+        }
+        if let Some(chunks) = self.cache.get(&blob) {
+            if self.store.find_missing(&chunks).await.is_empty() {
+                self.cas.pin([&blob]);
+                return Ok(chunks);
+            }
+            // A chunk was evicted since: cut the blob again, which stores it anew.
+            self.cache.forget(&blob);
+        }
+        let (cas, params) = (self.cas.clone(), self.options.fast_cdc);
+        let (chunks, new) = blocking(move || cut_and_store(&cas, &blob, params)).await?;
+        self.store.commit_upload(&new, &new).await?;
+        let chunks: Arc<[Digest]> = chunks.into();
+        self.cas.pin(chunks.iter());
+        self.cache.insert(blob, chunks.clone());
+        Ok(chunks)
+    }
+}
+
+/// Cuts `blob` into chunks, storing those the CAS lacks. Returns every chunk, in order, and
+/// the ones it stored.
+fn cut_and_store(
+    cas: &Cas,
+    blob: &Digest,
+    params: super::FastCdcParams,
+) -> Result<(Vec<Digest>, Vec<Digest>), Error> {
+    let _lease = cas.lease(vec![*blob]);
+    let Some(file) = cas.open_blob(blob)? else {
+        return Err(Error::Absent(format!("blob {blob} is not in the CAS")));
+    };
+    let function = blob.function();
+    let mut whole = function.hasher(blob.size());
+    let mut read = 0u64;
+    let mut chunks = Vec::new();
+    let mut new = Vec::new();
+    let mut group: Vec<(Digest, Bytes)> = Vec::new();
+    let mut group_bytes = 0usize;
+    for chunk in params.chunks(std::io::BufReader::with_capacity(1 << 20, file)) {
+        let chunk = chunk.map_err(|e| Error::Io(format!("reading blob {blob}: {e}")))?;
+        whole.update(&chunk.data);
+        read += chunk.data.len() as u64;
+        let digest = Digest::of(function, &chunk.data);
+        chunks.push(digest);
+        if cas.contains(&digest) || group.iter().any(|(d, _)| *d == digest) {
+            continue;
+        }
+        group_bytes += chunk.data.len();
+        group.push((digest, Bytes::from(chunk.data)));
+        if group_bytes >= WRITE_GROUP_BYTES {
+            store_group(cas, std::mem::take(&mut group), &mut new)?;
+            group_bytes = 0;
+        }
+    }
+    let actual = whole.finish(read);
+    if actual != *blob {
+        // The copy on disk went bad after it was verified; chunks cut from it would be wrong.
+        for d in &new {
+            cas.discard(d);
+        }
+        cas.report_corrupt(blob, &actual);
+        return Err(Error::Absent(format!(
+            "blob {blob} was damaged on disk and has been removed; upload it again"
+        )));
+    }
+    store_group(cas, group, &mut new)?;
+    Ok((chunks, new))
+}
+
+fn store_group(cas: &Cas, group: Vec<(Digest, Bytes)>, new: &mut Vec<Digest>) -> Result<(), Error> {
+    let digests: Vec<Digest> = group.iter().map(|(d, _)| *d).collect();
+    for (digest, result) in digests.into_iter().zip(cas.put_batch(group)) {
+        result?;
+        new.push(digest);
+    }
+    Ok(())
+}
