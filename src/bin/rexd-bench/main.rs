@@ -9,10 +9,12 @@
 //! - `exec`: `exec-noop`, `exec-cached`, `exec-throughput` and the Execute helpers.
 //! - `stage`: an action over a wide input tree.
 //! - `soak`: a long request mix reported window by window (not part of `all`).
+//! - `chunked`: a changed large blob sent as FastCDC chunks, SpliceBlob (not part of `all`).
 //! - `report`: figures, statistics, machine facts, server RSS; `json`: the `--json` writer.
 //! - `workers`: the `--workers` report (actions per executor, worker cache hit rate).
 
 mod cas;
+mod chunked;
 mod conn;
 mod data;
 mod exec;
@@ -130,6 +132,9 @@ struct Cli {
     /// Longest one Execute may take, in seconds.
     #[arg(long, default_value_t = 600)]
     exec_timeout: u64,
+    /// Size of the `chunked-update` blob, e.g. 256MiB (1 MiB of it changes at the middle).
+    #[arg(long, default_value = "256MiB")]
+    chunked_size: ByteSize,
     /// `tier`: a second frontend on the same bucket as `--target`, with an empty disk.
     #[arg(long, value_name = "URL")]
     second_target: Option<String>,
@@ -155,6 +160,9 @@ enum Workload {
     Soak,
     /// The object-store tier across `--target` and `--second-target`; only run when named.
     Tier,
+    /// A 1 MiB change to a large blob uploaded as FastCDC chunks (SplitBlob/SpliceBlob);
+    /// only run when named.
+    ChunkedUpdate,
     All,
 }
 
@@ -182,6 +190,7 @@ impl Workload {
             Workload::Stage => "stage",
             Workload::Soak => "soak",
             Workload::Tier => "tier",
+            Workload::ChunkedUpdate => "chunked-update",
             Workload::All => "all",
         }
     }
@@ -424,6 +433,11 @@ async fn run(
                 calls,
             };
             tier::tier(conn, p).await
+        }
+        Workload::ChunkedUpdate => {
+            let size = usize::try_from(cli.chunked_size.as_u64())
+                .map_err(|_| "--chunked-size is too large")?;
+            chunked::chunked_update(conn, cli.seed, size).await
         }
         Workload::All => unreachable!("`all` is expanded before running"),
     }
