@@ -44,7 +44,7 @@ async fn capabilities_describe_the_cache() {
     let server = TestServer::start().await;
     let caps = capabilities(&server, "").await.unwrap();
     assert_eq!(caps.low_api_version, version(2, 0));
-    assert_eq!(caps.high_api_version, version(2, 3));
+    assert_eq!(caps.high_api_version, version(2, 12));
 
     let cache = caps.cache_capabilities.expect("cache capabilities");
     let sha256 = re::digest_function::Value::Sha256 as i32;

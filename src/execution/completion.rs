@@ -5,8 +5,8 @@
 //! the one "action completed" log line, and completes the operation for every waiter.
 
 use crate::error::Error;
-use crate::execution::operations;
 use crate::execution::scheduler::Job;
+use crate::execution::{operations, server_log};
 use crate::proto::remote_execution::{ActionResult, ExecutedActionMetadata};
 use crate::storage::TieredStore;
 
@@ -32,6 +32,9 @@ pub fn begin(job: &Job, executor: &str) -> Option<ExecutedActionMetadata> {
 pub struct RunOutcome {
     pub result: ActionResult,
     pub error: Option<Error>,
+    /// How the executor sandboxed the run, for the server log of a failed one; `None` when
+    /// it does not say (a remote bot).
+    pub sandbox: Option<String>,
 }
 
 impl RunOutcome {
@@ -103,11 +106,24 @@ pub async fn finish(
         target = %m.target_id,
         "action completed"
     );
-    op.complete(operations::execute_response(
-        Some(outcome.result),
-        false,
-        outcome.error,
-    ));
+    let log = match failed {
+        true => {
+            let metadata = outcome
+                .result
+                .execution_metadata
+                .clone()
+                .unwrap_or_default();
+            server_log::store(store, &digest, &op.name, &outcome, &metadata).await
+        }
+        false => None,
+    };
+    let mut response = operations::execute_response(Some(outcome.result), false, outcome.error);
+    if let Some(log) = log {
+        response
+            .server_logs
+            .insert(server_log::LOG_NAME.to_string(), log);
+    }
+    op.complete(response);
 }
 
 /// Where a finished action's time went, in microseconds, from the timestamps its executor

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;
+pub mod server_log;
 pub mod spawn;
 pub mod spec;
 pub mod stage;

@@ -129,11 +129,20 @@ impl Slots {
         // large part of a short action's cost on ext4, which scans recently deleted inodes on
         // every create.
         let dir = self.work_dir.join(format!("slot-{slot}"));
+        let sandbox = Some(
+            self.sandbox
+                .describe(self.sandbox.run_as(slot), &spec.options),
+        );
         let outcome = match execute(self, slot, spec, cancel, &dir, metadata, warm).await {
-            Ok((result, error)) => RunOutcome { result, error },
+            Ok((result, error)) => RunOutcome {
+                result,
+                error,
+                sandbox,
+            },
             Err(e) => RunOutcome {
                 result: ActionResult::default(),
                 error: Some(e),
+                sandbox,
             },
         };
         let keep = (outcome.failed() && self.keep_failed_action_dirs).then(|| {

@@ -16,7 +16,7 @@ use crate::state::Context;
 /// Lowest REAPI version served.
 pub const LOW_API_VERSION: (i32, i32) = (2, 0);
 /// Highest REAPI version whose server obligations rexd meets.
-pub const HIGH_API_VERSION: (i32, i32) = (2, 3);
+pub const HIGH_API_VERSION: (i32, i32) = (2, 12);
 
 pub struct CapabilitiesService {
     ctx: Context,

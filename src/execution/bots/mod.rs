@@ -321,7 +321,12 @@ impl BotFarm {
         if metadata.worker_start_timestamp.is_none() {
             metadata.worker_start_timestamp = held.metadata.worker_start_timestamp;
         }
-        completion::finish(&self.store, &job, RunOutcome { result, error }, metadata).await;
+        let outcome = RunOutcome {
+            result,
+            error,
+            sandbox: None,
+        };
+        completion::finish(&self.store, &job, outcome, metadata).await;
         self.scheduler.finished(&job);
     }
 

@@ -286,3 +286,27 @@ pub fn kill_all_of_uid(uid: u32) {
         Err(_) => tracing::warn!(uid, "the clean-up thread panicked"),
     }
 }
+
+impl Sandbox {
+    /// How an action runs here, for the server log of a failed one: backend, identity,
+    /// network, and the limits it runs under.
+    pub fn describe(&self, run_as: Option<(u32, u32)>, options: &ActionOptions) -> String {
+        let who = match run_as {
+            Some((uid, _)) => format!("uid {uid}"),
+            None => "the server's own user".into(),
+        };
+        let network = if options.network { "on" } else { "off" };
+        let memory = self
+            .config
+            .memory_limit
+            .map_or("none".to_string(), |m| m.to_string());
+        format!(
+            "{} ({:?} mode) as {who}, network {network}; limits: max_processes {}, memory_limit {memory}, \
+             max_output_size {}",
+            self.backend.name(),
+            options.mode,
+            self.config.max_processes,
+            self.config.max_output_size
+        )
+    }
+}
