@@ -9,9 +9,11 @@
 //! - [`auth`]: bearer tokens and per-instance roles.
 //! - [`config`]: the TOML as written ([`Config`]) and the working values derived from it
 //!   once at start-up ([`config::Settings`]).
-//! - [`digest`]: validated digests and hashers; every digest is checked at the edge.
+//! - [`digest`]: validated digests and hashers (SHA-256, BLAKE3, GITSHA1); every digest is
+//!   checked at the edge.
 //! - [`resource`]: ByteStream resource-name parsing.
-//! - [`storage`]: the on-disk CAS and its in-memory index, the action cache, tree walks,
+//! - [`storage`]: the on-disk CAS and its in-memory index, content-defined chunking for
+//!   SplitBlob and SpliceBlob, the action cache, tree walks,
 //!   the registry of live and interrupted ByteStream uploads, and the optional S3-compatible
 //!   object-store tier behind the local disk ([`storage::TieredStore`] joins the two).
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
