@@ -191,15 +191,40 @@ async fn split_blob_error_cases() {
         Code::InvalidArgument,
         &["blob digest is missing"],
     );
-    expect_status(
-        cas.split_blob(re::SplitBlobRequest {
-            blob_digest: Some(digest(&small)),
+    // A chunking function newer than the server is only a preference: FastCDC answers.
+    let data = fixture();
+    upload_blobs(&server, &[&data]).await;
+    let response = cas
+        .split_blob(re::SplitBlobRequest {
+            blob_digest: Some(digest(&data)),
             chunking_function: 7,
             ..Default::default()
         })
-        .await,
-        Code::InvalidArgument,
-        &["unknown chunking function value 7"],
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.chunking_function,
+        re::chunking_function::Value::FastCdc2020 as i32
+    );
+    assert_eq!(response.chunk_digests.len(), VECTORS_SEED_0.len());
+}
+
+/// A list of chunks too long for one reply is refused before the blob is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_blob_refuses_a_list_too_long_for_one_reply() {
+    let server = TestServer::start_with(|c| {
+        c.storage.chunk_average_size = ByteSize::kib(1);
+        c.storage.max_batch_total_size = ByteSize::kib(64);
+    })
+    .await;
+    // 64 KiB / 80 bytes a digest is 819 chunks; 2 MiB at 1 KiB is about 2048.
+    let big = pseudo_random(2 * 1024 * 1024, 5);
+    common::bytestream_upload(&server, &big).await;
+    expect_status(
+        split(&server, digest(&big), DigestFunction::Sha256).await,
+        Code::ResourceExhausted,
+        &["too many chunks", "read it whole"],
     );
 }
 
@@ -438,4 +463,30 @@ async fn split_and_splice_with_gitsha1() {
         .unwrap()
         .into_inner();
     assert_eq!(spliced.blob_digest, Some(name(&data)));
+}
+
+/// A chunk damaged on the server's disk is the server's fault, not the client's: SpliceBlob
+/// says the chunk is missing (so the client uploads it again) rather than blaming the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_over_a_damaged_chunk_asks_for_it_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server_with_seed(0).await;
+    let a = pseudo_random(20_000, 20);
+    let b = pseudo_random(20_000, 21);
+    upload_blobs(&server, &[&a, &b]).await;
+    let path = common::blob_file(server.data_dir.path(), &b);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, pseudo_random(20_000, 99)).unwrap();
+    let whole = [a.clone(), b.clone()].concat();
+    expect_status(
+        splice(&server, digest(&whole), vec![digest(&a), digest(&b)]).await,
+        Code::NotFound,
+        &["1 chunk(s) are not in the CAS", &digest(&b).hash],
+    );
+    assert!(!is_stored(&server, &b).await, "the damaged copy is gone");
+    upload_blobs(&server, &[&b]).await;
+    splice(&server, digest(&whole), vec![digest(&a), digest(&b)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&server, &[digest(&whole)]).await, whole);
 }

@@ -115,15 +115,26 @@ pub async fn run(command: ActionCommand) -> Result<u8, Error> {
     }
 }
 
-/// `HASH/SIZE` or `HASH-SIZE`; the function follows from the hash's length.
+/// `HASH/SIZE`, `HASH-SIZE` or `FUNCTION/HASH/SIZE`; without a function, it follows from the
+/// hash's length (SHA-256; BLAKE3 and GITSHA1 must be named, as in the UI's links).
 pub fn parse_digest(text: &str) -> Result<Digest, Error> {
-    let bad = || Error::BadInput(format!("{text:?} is not a digest: write HASH/SIZE"));
-    let (hash, size) = text
+    let bad = || {
+        Error::BadInput(format!(
+            "{text:?} is not a digest: write HASH/SIZE or FUNCTION/HASH/SIZE"
+        ))
+    };
+    let (rest, size) = text
         .rsplit_once('/')
         .or_else(|| text.rsplit_once('-'))
         .ok_or_else(bad)?;
     let size: i64 = size.parse().map_err(|_| bad())?;
-    let function = DigestFunction::from_hash_len(hash.len()).ok_or_else(bad)?;
+    let (function, hash) = match rest.split_once('/') {
+        Some((name, hash)) => (DigestFunction::from_name(name).ok_or_else(bad)?, hash),
+        None => (
+            DigestFunction::from_hash_len(rest.len()).ok_or_else(bad)?,
+            rest,
+        ),
+    };
     Digest::parse(function, hash, size)
 }
 

@@ -38,6 +38,15 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
+    /// The outcome a remote bot reported, which says nothing of its sandbox.
+    pub fn reported(result: ActionResult, error: Option<Error>) -> Self {
+        RunOutcome {
+            result,
+            error,
+            sandbox: None,
+        }
+    }
+
     /// Whether the run failed: an error, or a non-zero exit.
     pub fn failed(&self) -> bool {
         self.error.is_some() || self.result.exit_code != 0

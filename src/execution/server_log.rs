@@ -32,10 +32,16 @@ pub async fn store(
         Ok(())
     })
     .await;
-    let stored = match stored {
-        Ok(()) => store.commit_upload(&[digest], &[]).await,
-        Err(e) => Err(e),
-    };
+    // The object-store copy follows in the background: a bucket outage must not hold up the
+    // report of the failure itself.
+    if stored.is_ok() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.commit_upload(&[digest], &[]).await {
+                tracing::warn!(error = %e, "cannot replicate a failed action's server log");
+            }
+        });
+    }
     match stored {
         Ok(()) => Some(LogFile {
             digest: Some(digest.to_proto()),
@@ -97,13 +103,15 @@ fn limit_hit(outcome: &RunOutcome) -> String {
     }
 }
 
+/// Shells report death by signal N as exit code 128 + N; a bot may report any code.
 fn signal_note(code: i32) -> String {
-    match code - 128 {
-        n if n > 0 && code > 128 => match nix::sys::signal::Signal::try_from(n) {
-            Ok(signal) => format!(" (killed by {signal})"),
-            Err(_) => String::new(),
-        },
-        _ => String::new(),
+    let signal = code
+        .checked_sub(128)
+        .filter(|n| *n > 0)
+        .and_then(|n| nix::sys::signal::Signal::try_from(n).ok());
+    match signal {
+        Some(signal) => format!(" (killed by {signal})"),
+        None => String::new(),
     }
 }
 
@@ -144,6 +152,8 @@ mod tests {
         assert!(timed_out.contains("sandbox: bwrap (Host mode) as uid 9000\n"));
         assert!(timed_out.contains("limit hit: the action's timeout\n"));
         assert!(timed_out.contains("reason: action timed out after 2s\n"));
+        let odd = render(&action, "op-4", &outcome(i32::MIN, None), &metadata);
+        assert!(odd.contains("exited with code -2147483648\n"), "{odd}");
         let killed = render(&action, "op-2", &outcome(137, None), &metadata);
         assert!(
             killed.contains("limit hit: possibly memory_limit"),

@@ -19,8 +19,8 @@ pub fn hash_open_file(file: &File, function: DigestFunction) -> io::Result<Diges
     hash_reader(file, function, file.metadata()?.len())
 }
 
-/// Hashes `reader`, which holds `expected_size` bytes (GITSHA1 hashes the size first); a
-/// reader that holds another amount gives a digest that will not verify.
+/// Hashes `reader`, which must hold `expected_size` bytes (GITSHA1 hashes the size first);
+/// one that holds another amount (a file that changed while read) is `InvalidData`.
 pub fn hash_reader(
     mut reader: impl Read,
     function: DigestFunction,
@@ -32,6 +32,12 @@ pub fn hash_reader(
     loop {
         let n = reader.read(&mut buf)?;
         if n == 0 {
+            if size != expected_size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("held {size} bytes where {expected_size} were expected"),
+                ));
+            }
             return Ok(hasher.finish(size));
         }
         hasher.update(&buf[..n]);

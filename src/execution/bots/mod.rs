@@ -321,11 +321,7 @@ impl BotFarm {
         if metadata.worker_start_timestamp.is_none() {
             metadata.worker_start_timestamp = held.metadata.worker_start_timestamp;
         }
-        let outcome = RunOutcome {
-            result,
-            error,
-            sandbox: None,
-        };
+        let outcome = RunOutcome::reported(result, error);
         completion::finish(&self.store, &job, outcome, metadata).await;
         self.scheduler.finished(&job);
     }

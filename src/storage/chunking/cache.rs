@@ -19,6 +19,7 @@ struct Inner {
 }
 
 impl SplitCache {
+    /// An empty cache; `max_chunks` 0 remembers nothing.
     pub fn new(max_chunks: usize) -> Self {
         SplitCache {
             inner: Mutex::new(Inner {
@@ -29,6 +30,7 @@ impl SplitCache {
         }
     }
 
+    /// The remembered list, marked as recently used.
     pub fn get(&self, blob: &Digest) -> Option<Arc<[Digest]>> {
         let mut inner = self.inner.lock().expect("split cache lock");
         inner.lists.get(blob).cloned()
@@ -53,6 +55,7 @@ impl SplitCache {
         }
     }
 
+    /// Drops a list found stale (a chunk or the blob was evicted).
     pub fn forget(&self, blob: &Digest) {
         let mut inner = self.inner.lock().expect("split cache lock");
         if let Some(old) = inner.lists.pop(blob) {

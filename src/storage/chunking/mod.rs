@@ -28,10 +28,12 @@ pub struct FastCdcParams {
 }
 
 impl FastCdcParams {
+    /// The spec fixes the smallest chunk at a quarter of the average.
     pub fn min(&self) -> u32 {
         self.avg / 4
     }
 
+    /// The largest chunk, four times the average; smaller blobs are not split.
     pub fn max(&self) -> u32 {
         self.avg.saturating_mul(4)
     }
@@ -67,6 +69,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
+    /// A chunker with an empty cache of chunk lists.
     pub fn new(
         cas: crate::storage::Cas,
         store: crate::storage::TieredStore,
@@ -80,6 +83,7 @@ impl Chunker {
         }
     }
 
+    /// The parameters Capabilities advertises.
     pub fn options(&self) -> &ChunkingOptions {
         &self.options
     }

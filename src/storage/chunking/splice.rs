@@ -31,17 +31,27 @@ impl Chunker {
             self.cas.pin(chunks.iter());
             return Ok(blob);
         }
-        let missing = self.store.ensure_local(&chunks).await;
+        let mut distinct = chunks.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let missing = self.store.ensure_local(&distinct).await;
         if !missing.is_empty() {
             return Err(missing_chunks(&missing));
         }
+        // Held from here, so eviction cannot take a chunk just fetched from the bucket.
+        let lease = self.cas.lease(distinct.clone());
         let cas = self.cas.clone();
-        blocking(move || concatenate(&cas, &blob, chunks)).await?;
+        blocking(move || {
+            let _lease = lease;
+            concatenate(&cas, &blob, &chunks, &distinct)
+        })
+        .await?;
         self.store.finish_upload(&blob, None).await?;
         Ok(blob)
     }
 }
 
+/// NOT_FOUND naming the first few chunks the CAS lacks.
 fn missing_chunks(missing: &[Digest]) -> Error {
     let named: Vec<String> = missing
         .iter()
@@ -59,12 +69,31 @@ fn missing_chunks(missing: &[Digest]) -> Error {
     ))
 }
 
-/// Writes the chunks, in order, into a new blob checked against `blob`.
-fn concatenate(cas: &Cas, blob: &Digest, chunks: Vec<Digest>) -> Result<(), Error> {
-    let _lease = cas.lease(chunks.clone());
+/// Writes the chunks, in order, into a new blob checked against `blob`. Content that does
+/// not match is the client's list unless a stored chunk turns out damaged.
+fn concatenate(
+    cas: &Cas,
+    blob: &Digest,
+    chunks: &[Digest],
+    distinct: &[Digest],
+) -> Result<(), Error> {
+    match write_chunks(cas, blob, chunks) {
+        Err(Error::BadInput(why)) => match damaged_chunks(cas, distinct) {
+            // Not the client's list but the server's copies: they go, and the client's next
+            // upload of them is stored afresh.
+            damaged if !damaged.is_empty() => Err(missing_chunks(&damaged)),
+            _ => Err(Error::BadInput(format!(
+                "the chunks do not assemble blob {blob}: {why}"
+            ))),
+        },
+        other => other,
+    }
+}
+
+fn write_chunks(cas: &Cas, blob: &Digest, chunks: &[Digest]) -> Result<(), Error> {
     let mut writer = cas.writer(blob)?;
     let mut buf = vec![0u8; 1 << 20];
-    for chunk in &chunks {
+    for chunk in chunks {
         let Some(mut file) = cas.open_blob(chunk)? else {
             return Err(missing_chunks(std::slice::from_ref(chunk)));
         };
@@ -76,18 +105,33 @@ fn concatenate(cas: &Cas, blob: &Digest, chunks: Vec<Digest>) -> Result<(), Erro
                 break;
             }
             writer.write_all(&buf[..n]).map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidInput => Error::BadInput(format!(
-                    "the chunks hold more than the {} bytes of blob {blob}",
-                    blob.size()
-                )),
+                std::io::ErrorKind::InvalidInput => {
+                    Error::BadInput(format!("they hold more than its {} bytes", blob.size()))
+                }
                 _ => Error::io(format!("writing blob {blob}"), e),
             })?;
         }
     }
-    writer.commit().map(|_| ()).map_err(|e| match e {
-        Error::BadInput(why) => {
-            Error::BadInput(format!("the chunks do not assemble blob {blob}: {why}"))
-        }
-        other => other,
-    })
+    writer.commit().map(|_| ())
+}
+
+/// Chunks whose stored copy no longer hashes to its name; each is removed from the CAS.
+fn damaged_chunks(cas: &Cas, distinct: &[Digest]) -> Vec<Digest> {
+    distinct
+        .iter()
+        .filter(|chunk| {
+            match crate::storage::disk::hash_file(&cas.blob_path(chunk), chunk.function()) {
+                Ok(actual) if actual == **chunk => false,
+                Ok(actual) => {
+                    cas.report_corrupt(chunk, &actual);
+                    true
+                }
+                Err(_) => {
+                    cas.discard(chunk);
+                    true
+                }
+            }
+        })
+        .copied()
+        .collect()
 }
