@@ -116,7 +116,7 @@ fn cut_into(
 /// Stores chunks with one filesystem sync for the group.
 fn store_group(cas: &Cas, group: Vec<(Digest, Bytes)>, new: &mut Vec<Digest>) -> Result<(), Error> {
     let digests: Vec<Digest> = group.iter().map(|(d, _)| *d).collect();
-    for (digest, result) in digests.into_iter().zip(cas.put_batch(group)) {
+    for (digest, result) in digests.into_iter().zip(cas.put_batch_hashed(group)) {
         result?;
         new.push(digest);
     }
