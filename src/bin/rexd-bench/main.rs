@@ -12,6 +12,7 @@
 //! - `chunked`: a changed large blob sent as FastCDC chunks, SpliceBlob (not part of `all`).
 //! - `report`: figures, statistics, machine facts, server RSS; `json`: the `--json` writer.
 //! - `workers`: the `--workers` report (actions per executor, worker cache hit rate).
+//! - `workload`: the names of the workloads and which run by default.
 
 mod cas;
 mod chunked;
@@ -25,13 +26,16 @@ mod stage;
 mod tier;
 mod transfer;
 mod workers;
+mod workload;
 
 use std::collections::BTreeSet;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use workload::Workload;
 
 use bytesize::ByteSize;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::conn::Conn;
 use crate::exec::ExecEnv;
@@ -144,67 +148,6 @@ struct Cli {
     /// Workloads to run.
     #[arg(value_enum)]
     workloads: Vec<Workload>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-enum Workload {
-    Upload,
-    Download,
-    Batch,
-    FindMissing,
-    ExecNoop,
-    ExecCached,
-    ExecThroughput,
-    Stage,
-    /// Long mixed load with per-window figures; only run when named.
-    Soak,
-    /// The object-store tier across `--target` and `--second-target`; only run when named.
-    Tier,
-    /// A 1 MiB change to a large blob uploaded as FastCDC chunks (SplitBlob/SpliceBlob);
-    /// only run when named.
-    ChunkedUpdate,
-    All,
-}
-
-impl Workload {
-    const EVERY: [Workload; 8] = [
-        Workload::Upload,
-        Workload::Download,
-        Workload::Batch,
-        Workload::FindMissing,
-        Workload::ExecNoop,
-        Workload::ExecCached,
-        Workload::ExecThroughput,
-        Workload::Stage,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Upload => "upload",
-            Workload::Download => "download",
-            Workload::Batch => "batch",
-            Workload::FindMissing => "find-missing",
-            Workload::ExecNoop => "exec-noop",
-            Workload::ExecCached => "exec-cached",
-            Workload::ExecThroughput => "exec-throughput",
-            Workload::Stage => "stage",
-            Workload::Soak => "soak",
-            Workload::Tier => "tier",
-            Workload::ChunkedUpdate => "chunked-update",
-            Workload::All => "all",
-        }
-    }
-
-    fn needs_execution(self) -> bool {
-        matches!(
-            self,
-            Workload::ExecNoop
-                | Workload::ExecCached
-                | Workload::ExecThroughput
-                | Workload::Stage
-                | Workload::Soak
-        )
-    }
 }
 
 fn parse_property(s: &str) -> std::result::Result<(String, String), String> {

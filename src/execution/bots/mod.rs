@@ -321,8 +321,13 @@ impl BotFarm {
         if metadata.worker_start_timestamp.is_none() {
             metadata.worker_start_timestamp = held.metadata.worker_start_timestamp;
         }
-        let outcome = RunOutcome::reported(result, error);
-        completion::finish(&self.store, &job, outcome, metadata).await;
+        completion::finish(
+            &self.store,
+            &job,
+            RunOutcome::reported(result, error),
+            metadata,
+        )
+        .await;
         self.scheduler.finished(&job);
     }
 
