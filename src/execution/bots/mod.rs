@@ -9,6 +9,7 @@
 
 pub mod lease;
 mod session;
+mod worker_props;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,8 @@ use crate::offload::blocking;
 use crate::proto::remoteworkers::{BotSession, BotStatus, LeaseState, Worker};
 use crate::storage::{Cas, TieredStore};
 use session::{Held, Session};
-
-/// The worker property a bot states its concurrent leases with.
-pub const SLOTS_PROPERTY: &str = "slots";
-/// Most leases one bot may hold at once, whatever it claims.
-const MAX_SLOTS: usize = 256;
+pub use worker_props::SLOTS_PROPERTY;
+use worker_props::{offered_properties, slots_of};
 
 /// The bounds and timers of bot sessions, from `[execution]`.
 #[derive(Debug, Clone)]
@@ -321,13 +319,8 @@ impl BotFarm {
         if metadata.worker_start_timestamp.is_none() {
             metadata.worker_start_timestamp = held.metadata.worker_start_timestamp;
         }
-        completion::finish(
-            &self.store,
-            &job,
-            RunOutcome::reported(result, error),
-            metadata,
-        )
-        .await;
+        let outcome = RunOutcome::reported(result, error);
+        completion::finish(&self.store, &job, outcome, metadata).await;
         self.scheduler.finished(&job);
     }
 
@@ -471,36 +464,5 @@ impl BotFarm {
                     .join(", ")
             ))
         })
-    }
-}
-
-/// The properties of the worker and of its primary device.
-fn offered_properties(worker: &Worker) -> Vec<(String, String)> {
-    worker
-        .properties
-        .iter()
-        .map(|p| (p.key.clone(), p.value.clone()))
-        .chain(
-            worker
-                .devices
-                .first()
-                .into_iter()
-                .flat_map(|d| &d.properties)
-                .map(|p| (p.key.clone(), p.value.clone())),
-        )
-        .collect()
-}
-
-/// The leases a bot runs at once: its `slots` property, else 1.
-fn slots_of(worker: &Worker) -> Result<usize, Error> {
-    match worker.properties.iter().find(|p| p.key == SLOTS_PROPERTY) {
-        None => Ok(1),
-        Some(p) => match p.value.parse::<usize>() {
-            Ok(n) if (1..=MAX_SLOTS).contains(&n) => Ok(n),
-            _ => Err(Error::BadInput(format!(
-                "worker property slots={:?} must be a number from 1 to {MAX_SLOTS}",
-                p.value
-            ))),
-        },
     }
 }
