@@ -220,7 +220,7 @@ async fn split_blob_refuses_a_list_too_long_for_one_reply() {
     .await;
     // 64 KiB / 80 bytes a digest is 819 chunks; 2 MiB at 1 KiB is about 2048.
     let big = pseudo_random(2 * 1024 * 1024, 5);
-    common::bytestream_upload(&server, &big).await;
+    common::storage::bs_write(&server, &big).await.unwrap();
     expect_status(
         split(&server, digest(&big), DigestFunction::Sha256).await,
         Code::ResourceExhausted,
@@ -248,20 +248,8 @@ async fn splice_blob_assembles_a_verified_blob() {
     assert!(is_stored(&server, &whole_repeated).await);
     // The spliced blob reads back whole through ByteStream, as any blob.
     let d = digest(&whole_repeated);
-    let mut read = server
-        .bytestream()
-        .await
-        .read(rexd::proto::bytestream::ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(m) = read.message().await.unwrap() {
-        data.extend_from_slice(&m.data);
-    }
+    let (data, end) = common::storage::bs_read(&server, &d).await;
+    end.unwrap();
     assert_eq!(data, whole_repeated);
     // Splicing what is already stored is a no-op that succeeds.
     let chunks: Vec<re::Digest> = parts.iter().map(|p| digest(p)).collect();

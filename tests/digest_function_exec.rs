@@ -150,20 +150,8 @@ async fn execute_with(function: DigestFunction) -> re::Digest {
     // ByteStream names the function in the resource name.
     let d = name(input);
     let resource = format!("blobs/{}/{}/{}", function.name(), d.hash, d.size_bytes);
-    let mut read = server
-        .bytestream()
-        .await
-        .read(rexd::proto::bytestream::ReadRequest {
-            resource_name: resource,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(chunk) = read.message().await.unwrap() {
-        data.extend_from_slice(&chunk.data);
-    }
+    let (data, end) = common::storage::bs_read_resource(&server, resource).await;
+    end.unwrap();
     assert_eq!(data, input);
     d
 }

@@ -288,29 +288,6 @@ pub fn upload_path(data: &[u8]) -> String {
     format!("uploads/{}/{}", uuid::Uuid::new_v4(), blob_path(data))
 }
 
-/// Uploads `data` with one ByteStream Write in 1 MiB messages, for blobs over the batch limit.
-pub async fn bytestream_upload(server: &TestServer, data: &[u8]) {
-    let name = upload_path(data);
-    let pieces: Vec<&[u8]> = data.chunks(1024 * 1024).collect();
-    let last = pieces.len().saturating_sub(1);
-    let requests: Vec<rexd::proto::bytestream::WriteRequest> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, piece)| rexd::proto::bytestream::WriteRequest {
-            resource_name: if i == 0 { name.clone() } else { String::new() },
-            write_offset: (i * 1024 * 1024) as i64,
-            finish_write: i == last,
-            data: bytes::Bytes::copy_from_slice(piece),
-        })
-        .collect();
-    server
-        .bytestream()
-        .await
-        .write(futures::stream::iter(requests))
-        .await
-        .expect("the ByteStream upload succeeds");
-}
-
 /// Where rexd keeps the blob `data` under the data directory `dir`, so tests can make a blob
 /// disappear between a `stop()` and a `start_in()`.
 pub fn blob_file(dir: &std::path::Path, data: &[u8]) -> std::path::PathBuf {

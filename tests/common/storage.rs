@@ -116,9 +116,17 @@ pub async fn bs_write(server: &TestServer, data: &[u8]) -> Result<WriteResponse,
 
 /// Reads a blob with ByteStream: the bytes that arrived, and how the read ended.
 pub async fn bs_read(server: &TestServer, d: &re::Digest) -> (Vec<u8>, Result<(), Status>) {
+    bs_read_resource(server, format!("blobs/{}/{}", d.hash, d.size_bytes)).await
+}
+
+/// Reads a resource name with ByteStream, as [`bs_read`] does.
+pub async fn bs_read_resource(
+    server: &TestServer,
+    resource_name: String,
+) -> (Vec<u8>, Result<(), Status>) {
     let mut data = Vec::new();
     let request = ReadRequest {
-        resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+        resource_name,
         read_offset: 0,
         read_limit: 0,
     };
