@@ -67,13 +67,8 @@ async fn batch_reads_use_zstd_only_when_the_client_accepts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_updates_take_advertised_compressors_only() {
     let server = TestServer::start().await;
-    let caps = server
-        .capabilities()
+    let caps = common::server_capabilities(&server)
         .await
-        .get_capabilities(re::GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
         .cache_capabilities
         .unwrap();
     assert_eq!(caps.supported_batch_update_compressors, vec![ZSTD]);

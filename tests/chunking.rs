@@ -105,13 +105,7 @@ async fn read_all(server: &TestServer, digests: &[re::Digest]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_advertise_fast_cdc_and_both_rpcs() {
     let server = TestServer::start().await;
-    let caps = server
-        .capabilities()
-        .await
-        .get_capabilities(re::GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = common::server_capabilities(&server).await;
     let cache = caps.cache_capabilities.unwrap();
     assert!(cache.split_blob_support && cache.splice_blob_support);
     let params = cache.fast_cdc_2020_params.expect("FastCDC 2020 parameters");
@@ -374,17 +368,7 @@ async fn chunked_upload_of_a_changed_blob_sends_only_new_chunks() {
     };
     let cut: Vec<Vec<u8>> = params.chunks(&new[..]).map(|c| c.unwrap().data).collect();
     let cut_digests: Vec<re::Digest> = cut.iter().map(|c| digest(c)).collect();
-    let missing = server
-        .cas()
-        .await
-        .find_missing_blobs(re::FindMissingBlobsRequest {
-            blob_digests: cut_digests.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing_blob_digests;
+    let missing = common::missing_of(&server, cut_digests.clone()).await;
     assert!(
         !missing.is_empty() && missing.len() <= 3,
         "{} of {} chunks",

@@ -181,25 +181,13 @@ async fn batch_entry_over_max_blob_size_is_invalid_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_advertise_max_blob_size() {
     let server = limited_server().await;
-    let caps = server
-        .capabilities()
-        .await
-        .get_capabilities(re::GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = common::server_capabilities(&server).await;
     assert_eq!(
         caps.cache_capabilities.unwrap().max_cas_blob_size_bytes,
         LIMIT as i64
     );
     // Unlimited by default: 0.
     let server = TestServer::start().await;
-    let caps = server
-        .capabilities()
-        .await
-        .get_capabilities(re::GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = common::server_capabilities(&server).await;
     assert_eq!(caps.cache_capabilities.unwrap().max_cas_blob_size_bytes, 0);
 }

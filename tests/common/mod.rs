@@ -298,6 +298,32 @@ pub fn blob_file(dir: &std::path::Path, data: &[u8]) -> std::path::PathBuf {
         .join(format!("{}-{}", d.hash, d.size_bytes))
 }
 
+/// The default instance's Capabilities.
+pub async fn server_capabilities(server: &TestServer) -> re::ServerCapabilities {
+    server
+        .capabilities()
+        .await
+        .get_capabilities(re::GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The digests FindMissingBlobs reports missing of `digests`.
+pub async fn missing_of(server: &TestServer, digests: Vec<re::Digest>) -> Vec<re::Digest> {
+    server
+        .cas()
+        .await
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            blob_digests: digests,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests
+}
+
 /// Whether the CAS reports `data` as present, through FindMissingBlobs.
 pub async fn is_stored(server: &TestServer, data: &[u8]) -> bool {
     let missing = server
