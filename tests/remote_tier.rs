@@ -50,20 +50,6 @@ async fn batch_update(server: &TestServer, blobs: &[&[u8]]) -> Vec<Code> {
         .collect()
 }
 
-async fn find_missing(server: &TestServer, digests: Vec<re::Digest>) -> Vec<re::Digest> {
-    server
-        .cas()
-        .await
-        .find_missing_blobs(re::FindMissingBlobsRequest {
-            blob_digests: digests,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing_blob_digests
-}
-
 async fn ranged_read(server: &TestServer, data: &[u8], offset: i64, limit: i64) -> Vec<u8> {
     let d = digest(data);
     let mut stream = server
@@ -129,7 +115,7 @@ async fn a_second_frontend_serves_what_the_first_stored() {
     let second = frontend(&garage, "shared").await;
     assert!(!second.ctx.cas.contains(&sha(&large)));
     let unknown = digest(b"never uploaded");
-    let missing = find_missing(
+    let missing = common::missing_of(
         &second,
         vec![digest(&small), digest(&large), unknown.clone()],
     )
@@ -137,7 +123,7 @@ async fn a_second_frontend_serves_what_the_first_stored() {
     assert_eq!(missing, vec![unknown.clone()]);
     let remote = second.ctx.store.remote().unwrap().clone();
     let heads = remote.sent(Op::Head);
-    let missing = find_missing(
+    let missing = common::missing_of(
         &second,
         vec![digest(&small), digest(&large), unknown.clone()],
     )
@@ -187,7 +173,10 @@ async fn a_second_frontend_serves_what_the_first_stored() {
 
     // Another prefix is another cache.
     let other = frontend(&garage, "other").await;
-    assert_eq!(find_missing(&other, vec![digest(&small)]).await.len(), 1);
+    assert_eq!(
+        common::missing_of(&other, vec![digest(&small)]).await.len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +304,7 @@ async fn asset_references_are_shared_and_an_empty_disk_loses_nothing() {
             .unwrap_or_else(|s| s.code() as i32),
         Code::NotFound as i32
     );
-    let missing = find_missing(&second, refs.iter().map(|b| digest(b)).collect()).await;
+    let missing = common::missing_of(&second, refs.iter().map(|b| digest(b)).collect()).await;
     assert!(
         missing.is_empty(),
         "every blob of the tree is still served: {missing:?}"
