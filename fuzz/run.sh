@@ -19,6 +19,7 @@ seed digest_parse zero '\0\0\0\0\0\0\0\0'$h
 seed digest_parse max '\377\377\377\377\377\377\377\177'$h
 seed digest_parse negative '\377\377\377\377\377\377\377\377'$h
 seed digest_parse upper '\5\0\0\0\0\0\0\0'${h^^}
+seed digest_parse gitsha1 '\0\0\0\0\0\0\0\0'${h:0:40}
 # resource_name: read and write names.
 seed resource_name read "blobs/$h/0"
 seed resource_name read-zstd "a/b/compressed-blobs/zstd/blake3/$h/5"

@@ -1,7 +1,7 @@
 //! `Digest::parse` on arbitrary input: the first 8 bytes are the size (little-endian `i64`),
-//! the rest is the hash string. It must never panic, must accept exactly 64 lower-case hex
-//! characters with a non-negative size, and an accepted digest must round-trip through
-//! `to_proto`/`from_proto` and through its `Display` form.
+//! the rest is the hash string. It must never panic, must accept exactly the function's hash
+//! length in lower-case hex with a non-negative size, and an accepted digest must round-trip
+//! through `to_proto`/`from_proto` and through its `Display` form.
 
 #![no_main]
 
@@ -17,11 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(hash) = std::str::from_utf8(hash) else {
         return;
     };
-    let well_formed = size >= 0
-        && hash.len() == 64
-        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let lower_hex = hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
 
     for &function in DigestFunction::ALL {
+        let well_formed = size >= 0 && lower_hex && hash.len() == function.hash_len() * 2;
         // The function's own mappings are inverse to each other.
         assert_eq!(
             DigestFunction::from_proto(function.to_proto() as i32).ok(),
