@@ -82,11 +82,14 @@ async fn run_job(
     let Some(mut metadata) = completion::begin(job, worker) else {
         return; // Cancelled while queued.
     };
-    let outcome = ctx
+    let (outcome, used) = ctx
         .slots
-        .run(slot, &job.spec, &job.op.cancel, &mut metadata, warm)
+        .run_leaving_dir(slot, &job.spec, &job.op.cancel, &mut metadata, warm)
         .await;
+    // The client hears of the result before the exec root is emptied: removing an input
+    // tree's links is work the action's reply need not wait for.
     completion::finish(&ctx.store, job, outcome, metadata).await;
+    used.reset().await;
 }
 
 impl Slots {
@@ -124,6 +127,23 @@ impl Slots {
         metadata: &mut ExecutedActionMetadata,
         warm: &mut Option<WarmSandbox>,
     ) -> RunOutcome {
+        let (outcome, used) = self
+            .run_leaving_dir(slot, spec, cancel, metadata, warm)
+            .await;
+        used.reset().await;
+        outcome
+    }
+
+    /// [`Slots::run`], but the slot's directory still holds the action's files until the
+    /// caller resets it, which it must do before the slot's next action.
+    pub async fn run_leaving_dir(
+        &self,
+        slot: usize,
+        spec: &ActionSpec,
+        cancel: &CancellationToken,
+        metadata: &mut ExecutedActionMetadata,
+        warm: &mut Option<WarmSandbox>,
+    ) -> (RunOutcome, UsedSlot) {
         // Each slot reuses one directory (its exec root emptied after every action, its
         // stdout and stderr files truncated): creating and deleting inodes per action is a
         // large part of a short action's cost on ext4, which scans recently deleted inodes on
@@ -149,12 +169,26 @@ impl Slots {
             self.work_dir
                 .join(format!("failed-{}", uuid::Uuid::new_v4()))
         });
+        (outcome, UsedSlot { dir, keep })
+    }
+}
+
+/// A slot whose directory still holds its last action's files.
+#[must_use = "a slot must be reset before its next action"]
+pub struct UsedSlot {
+    dir: PathBuf,
+    /// Where a failed action's directory is kept for debugging, if it is.
+    keep: Option<PathBuf>,
+}
+
+impl UsedSlot {
+    /// Empties the slot's exec root for its next action.
+    pub async fn reset(self) {
         let _ = blocking(move || {
-            reset_slot(&dir, keep.as_deref());
+            reset_slot(&self.dir, self.keep.as_deref());
             Ok(())
         })
         .await;
-        outcome
     }
 }
 
