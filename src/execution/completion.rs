@@ -115,7 +115,9 @@ pub async fn finish(
         target = %m.target_id,
         "action completed"
     );
-    let log = match failed {
+    // An operation already completed (cancelled, or ended by a shutdown's drain) has no
+    // one left to read a log, and a shutdown must not wait on writing one.
+    let log = match failed && !op.is_done() {
         true => {
             let metadata = outcome
                 .result
