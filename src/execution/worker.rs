@@ -1,7 +1,7 @@
 //! Local workers, the first kind of executor: each takes the next job from the scheduler and
-//! runs it through the phases prepare (stage inputs), execute, upload (collect outputs) and
-//! clean up, between the [`completion::begin`] and [`completion::finish`] every executor
-//! shares.
+//! runs it through the phases prepare (stage inputs), execute and upload (collect outputs),
+//! between the [`completion::begin`] and [`completion::finish`] every executor shares, and
+//! cleans its slot up after `finish` has answered the client.
 
 use std::path::PathBuf;
 use std::sync::Arc;
