@@ -19,7 +19,8 @@
 //! - [`asset`]: the Remote Asset API's references and downloads from origin.
 //! - [`execution`]: the [`execution::Engine`] front door; action specs, the worker pools,
 //!   the scheduler that hands actions to the executors of a pool able to run them, operations, the local worker (the first
-//!   executor) with its long-lived sandbox, and the spawn path that starts a process without
+//!   executor) with its long-lived sandbox and the directories its exec root keeps between
+//!   actions, and the spawn path that starts a process without
 //!   forking the server; remote bots over the Remote Workers API are the second executor.
 //! - [`history`]: the bounded memory of recent executions and cache hits, by invocation.
 //! - [`inspect`]: an action read back from a CAS for people, and the diff of two actions

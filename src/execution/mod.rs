@@ -13,6 +13,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod scheduler;
 pub mod server_log;
+pub mod skeleton;
 pub mod spawn;
 pub mod spec;
 pub mod stage;

@@ -2,9 +2,10 @@
 //! files out of the CAS (copying where a link is refused), and creates the parents of its
 //! declared outputs.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::Error;
@@ -18,10 +19,42 @@ pub struct StageStats {
     pub files: usize,
     pub copies: usize,
     pub directories: usize,
+    /// Directories the exec root kept from the slot's last action, and how many of them
+    /// this tree did not use (removed before the action ran).
+    pub kept_directories: usize,
+    pub pruned_directories: usize,
+}
+
+/// Every directory staging makes for this action, relative to the exec root: the input
+/// tree's, the working directory and the parents of the declared outputs. A slot's kept
+/// directories outside this set are removed before staging.
+pub fn directories_of(inputs: &InputTree, command: &Command) -> Result<HashSet<PathBuf>, Error> {
+    let mut dirs = HashSet::new();
+    let mut stack = vec![(inputs.root, PathBuf::new())];
+    while let Some((digest, rel)) = stack.pop() {
+        let dir = inputs
+            .directories
+            .get(&digest)
+            .ok_or_else(|| Error::Bug(format!("directory {digest} was not loaded")))?;
+        for (name, sub) in &dir.directories {
+            let sub_rel = rel.join(name);
+            dirs.insert(sub_rel.clone());
+            stack.push((*sub, sub_rel));
+        }
+    }
+    for rel in output_parents(command) {
+        let mut at = PathBuf::new();
+        for part in rel.components() {
+            at.push(part);
+            dirs.insert(at.clone());
+        }
+    }
+    Ok(dirs)
 }
 
 /// Materialises the input tree (already validated and loaded) into `dest`, which must
-/// exist and be empty.
+/// exist and hold nothing but empty directories of this tree (a slot's kept ones, pruned to
+/// [`directories_of`] it).
 pub fn stage_tree(
     cas: &Cas,
     exec_cache: &ExecutableCache,
@@ -31,8 +64,9 @@ pub fn stage_tree(
 ) -> Result<StageStats, Error> {
     let mut stats = StageStats::default();
     chown_dir(dest, owner)?;
-    let mut stack = vec![(inputs.root, dest.to_path_buf())];
-    while let Some((digest, path)) = stack.pop() {
+    let mut stack = vec![(inputs.root, PathBuf::new())];
+    while let Some((digest, rel)) = stack.pop() {
+        let path = dest.join(&rel);
         let dir = inputs
             .directories
             .get(&digest)
@@ -60,10 +94,9 @@ pub fn stage_tree(
                 .map_err(|e| Error::io(format!("creating symlink {}", at.display()), e))?;
         }
         for (name, sub) in &dir.directories {
-            let at = path.join(name);
-            fs::create_dir(&at).map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
-            chown_dir(&at, owner)?;
-            stack.push((*sub, at));
+            let sub_rel = rel.join(name);
+            make_dir(&dest.join(&sub_rel), owner)?;
+            stack.push((*sub, sub_rel));
         }
     }
     Ok(stats)
@@ -97,32 +130,32 @@ pub fn create_output_parents(
     command: &Command,
     owner: Option<(u32, u32)>,
 ) -> Result<(), Error> {
-    make_dirs(exec_root, Path::new(&command.working_directory), owner)?;
-    for output in crate::execution::spec::declared_outputs(command) {
-        let Some(rel) =
-            crate::execution::spec::resolve_relative(&command.working_directory, output)
-        else {
-            continue;
-        };
-        if let Some(parent) = Path::new(&rel).parent() {
-            make_dirs(exec_root, parent, owner)?;
+    for rel in output_parents(command) {
+        let mut at = exec_root.to_path_buf();
+        for part in rel.components() {
+            at.push(part);
+            make_dir(&at, owner)?;
         }
     }
     Ok(())
 }
 
-/// Creates `rel` under `root` one component at a time, giving new directories to `owner`.
-fn make_dirs(root: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
-    let mut at = root.to_path_buf();
-    for part in rel.components() {
-        at.push(part);
-        match fs::create_dir(&at) {
-            Ok(()) => chown_dir(&at, owner)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io(format!("creating {}", at.display()), e)),
-        }
+/// The working directory and the parent of each declared output, relative to the exec root.
+fn output_parents(command: &Command) -> impl Iterator<Item = PathBuf> + '_ {
+    let parents = crate::execution::spec::declared_outputs(command).filter_map(|output| {
+        let rel = crate::execution::spec::resolve_relative(&command.working_directory, output)?;
+        Path::new(&rel).parent().map(Path::to_path_buf)
+    });
+    std::iter::once(PathBuf::from(&command.working_directory)).chain(parents)
+}
+
+/// Creates `at` for `owner`, or keeps it where the slot kept it (already theirs).
+fn make_dir(at: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    match fs::create_dir(at) {
+        Ok(()) => chown_dir(at, owner),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(format!("creating {}", at.display()), e)),
     }
-    Ok(())
 }
 
 /// Hands a directory the action will write in to the uid the action runs as.

@@ -3,8 +3,9 @@
 //! between the [`completion::begin`] and [`completion::finish`] every executor shares, and
 //! cleans its slot up after `finish` has answered the client.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::Error;
@@ -14,6 +15,7 @@ use crate::execution::pools::PoolId;
 use crate::execution::runner::{self, RunEnd};
 use crate::execution::sandbox::{Backend, Sandbox, kill_all_of_uid};
 use crate::execution::scheduler::{Job, Scheduler};
+use crate::execution::skeleton::Skeleton;
 use crate::execution::spec::ActionSpec;
 use crate::execution::stage;
 use crate::execution::warm::{WarmRun, WarmSandbox};
@@ -33,6 +35,9 @@ pub struct Slots {
     pub work_dir: PathBuf,
     pub keep_failed_action_dirs: bool,
     pub sandbox: Arc<Sandbox>,
+    /// The directories each slot's exec root kept from its last action, by slot; at most
+    /// one entry per slot.
+    skeletons: Arc<Mutex<HashMap<usize, Skeleton>>>,
 }
 
 /// What the server's local workers share.
@@ -114,7 +119,14 @@ impl Slots {
             work_dir,
             keep_failed_action_dirs,
             sandbox: Arc::new(Sandbox::detect(sandbox)?),
+            skeletons: Arc::default(),
         })
+    }
+
+    /// What slot `slot`'s exec root kept from its last action (nothing the first time).
+    fn take_skeleton(&self, slot: usize) -> Skeleton {
+        let mut skeletons = self.skeletons.lock().unwrap_or_else(|e| e.into_inner());
+        skeletons.remove(&slot).unwrap_or_default()
     }
 
     /// Runs `spec` in slot `slot` (stage, execute, collect outputs into the CAS), filling in
@@ -144,10 +156,10 @@ impl Slots {
         metadata: &mut ExecutedActionMetadata,
         warm: &mut Option<WarmSandbox>,
     ) -> (RunOutcome, UsedSlot) {
-        // Each slot reuses one directory (its exec root emptied after every action, its
-        // stdout and stderr files truncated): creating and deleting inodes per action is a
-        // large part of a short action's cost on ext4, which scans recently deleted inodes on
-        // every create.
+        // Each slot reuses one directory (its exec root emptied of files after every action
+        // but keeping its directories, its stdout and stderr files truncated): creating and
+        // deleting inodes per action is a large part of a short action's cost on ext4, which
+        // scans recently deleted inodes on every create.
         let dir = self.work_dir.join(format!("slot-{slot}"));
         let sandbox = Some(
             self.sandbox
@@ -169,7 +181,16 @@ impl Slots {
             self.work_dir
                 .join(format!("failed-{}", uuid::Uuid::new_v4()))
         });
-        (outcome, UsedSlot { dir, keep })
+        let skeletons = self.skeletons.clone();
+        (
+            outcome,
+            UsedSlot {
+                dir,
+                keep,
+                slot,
+                skeletons,
+            },
+        )
     }
 }
 
@@ -179,13 +200,17 @@ pub struct UsedSlot {
     dir: PathBuf,
     /// Where a failed action's directory is kept for debugging, if it is.
     keep: Option<PathBuf>,
+    slot: usize,
+    skeletons: Arc<Mutex<HashMap<usize, Skeleton>>>,
 }
 
 impl UsedSlot {
     /// Empties the slot's exec root for its next action.
     pub async fn reset(self) {
         let _ = blocking(move || {
-            reset_slot(&self.dir, self.keep.as_deref());
+            let skeleton = Skeleton::reset(&self.dir, self.keep.as_deref());
+            let mut skeletons = self.skeletons.lock().unwrap_or_else(|e| e.into_inner());
+            skeletons.insert(self.slot, skeleton);
             Ok(())
         })
         .await;
@@ -218,22 +243,29 @@ async fn execute(
         let dir = dir.to_path_buf();
         let inputs = spec.inputs.clone();
         let command = spec.command.clone();
+        let kept = ctx.take_skeleton(slot);
         blocking(move || {
             std::fs::create_dir_all(&exec_root)
                 .map_err(|e| Error::io(format!("creating {}", exec_root.display()), e))?;
-            let leftovers = std::fs::read_dir(&exec_root)
-                .map_err(|e| Error::io(format!("listing {}", exec_root.display()), e))?
-                .next()
-                .is_some();
+            let leftovers = kept.is_empty()
+                && std::fs::read_dir(&exec_root)
+                    .map_err(|e| Error::io(format!("listing {}", exec_root.display()), e))?
+                    .next()
+                    .is_some();
             if leftovers {
                 return Err(Error::Bug(format!(
                     "{} still holds an earlier action's files",
                     exec_root.display()
                 )));
             }
-            let stats = stage::stage_tree(&cas, &exec_cache, &inputs, &exec_root, run_as)?;
-            tracing::debug!(?stats, "staged inputs");
+            // Kept directories this tree has no use for go first: a file may take the name.
+            let (kept_directories, used) = (kept.len(), stage::directories_of(&inputs, &command)?);
+            let pruned_directories = kept.prune(&exec_root, &used)?;
+            let mut stats = stage::stage_tree(&cas, &exec_cache, &inputs, &exec_root, run_as)?;
             stage::create_output_parents(&exec_root, &command, run_as)?;
+            stats.kept_directories = kept_directories;
+            stats.pruned_directories = pruned_directories;
+            tracing::debug!(?stats, "staged inputs");
             let stdout = std::fs::File::create(dir.join("stdout"))
                 .map_err(|e| Error::io("creating the stdout file", e))?;
             let stderr = std::fs::File::create(dir.join("stderr"))
@@ -419,35 +451,4 @@ fn forget_output_streams(
         }
     }
     Ok(())
-}
-
-/// Empties a worker's exec root for the next action, or moves it to `keep` (a failed action's
-/// directory kept for debugging) and starts a fresh one.
-fn reset_slot(dir: &std::path::Path, keep: Option<&std::path::Path>) {
-    let root = dir.join("root");
-    let result = match keep {
-        Some(keep) => std::fs::rename(&root, keep),
-        None => std::fs::read_dir(&root).and_then(|entries| {
-            for entry in entries {
-                let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    std::fs::remove_dir_all(entry.path())?;
-                } else {
-                    std::fs::remove_file(entry.path())?;
-                }
-            }
-            Ok(())
-        }),
-    };
-    if let Err(e) = result
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        // Whatever stays must not leak into the next action: move it aside (cleared at the
-        // next start if it cannot be removed now); the next action gets a fresh root.
-        tracing::warn!(dir = %root.display(), error = %e, "cannot clean an action directory; starting afresh");
-        let trash = dir.with_file_name(format!("trash-{}", uuid::Uuid::new_v4()));
-        if std::fs::rename(&root, &trash).is_ok() {
-            let _ = std::fs::remove_dir_all(&trash);
-        }
-    }
 }
