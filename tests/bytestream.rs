@@ -342,6 +342,20 @@ async fn writes_that_do_not_match_the_digest_are_rejected() {
     );
     assert!(!is_stored(&server, &tampered).await);
 
+    // The same in one message (the path a whole small blob takes).
+    let result = write(
+        &server,
+        write_requests(&upload_path(&data), &tampered, 0, data.len(), true),
+    )
+    .await;
+    expect_status(
+        result,
+        Code::InvalidArgument,
+        &["does not match its digest", &d.hash],
+    );
+    assert!(!is_stored(&server, &data).await);
+    assert!(!is_stored(&server, &tampered).await);
+
     // More bytes than the size in the name.
     let mut longer = data.clone();
     longer.push(0);

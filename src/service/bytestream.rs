@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Role;
 use crate::error::Error;
+use crate::offload::blocking;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse, byte_stream_server::ByteStream,
@@ -107,6 +108,25 @@ impl ByteStream for ByteStreamService {
             let committed = if compressed { -1 } else { digest.size() as i64 };
             return Ok(Response::new(WriteResponse {
                 committed_size: committed,
+            }));
+        }
+        if first.write_offset == 0
+            && !compressed
+            && first.finish_write
+            && first.data.len() as u64 == digest.size()
+        {
+            // A whole blob in one message, as Bazel sends its Action, Command and Directory
+            // messages (six uploads per action): one blocking call stores it, without the
+            // streaming path's task, channel and resumable-upload record.
+            let (cas, sync) = (
+                self.ctx.cas.clone(),
+                self.ctx.store.uploads_need_local_sync(),
+            );
+            let data = first.data;
+            blocking(move || cas.put_synced(&digest, &data, sync)).await?;
+            self.ctx.store.finish_upload(&digest, None).await?;
+            return Ok(Response::new(WriteResponse {
+                committed_size: digest.size() as i64,
             }));
         }
         // A fresh upload in write-through mode goes to the bucket as it arrives.

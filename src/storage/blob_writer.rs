@@ -30,6 +30,12 @@ pub struct Unsynced {
 impl Cas {
     /// Stores `data` under `digest` after checking that it hashes to it.
     pub fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
+        self.put_synced(digest, data, self.inner.options.fsync)
+    }
+
+    /// [`Cas::put`], syncing before the blob is visible only with `sync` (and fsync on): an
+    /// upload in write-through mode is durable in the bucket instead.
+    pub fn put_synced(&self, digest: &Digest, data: &[u8], sync: bool) -> Result<(), Error> {
         let actual = Digest::of(digest.function(), data);
         if actual != *digest {
             return Err(mismatch(digest, &actual));
@@ -38,6 +44,9 @@ impl Cas {
             return Ok(());
         }
         let mut writer = self.writer(digest)?;
+        if !sync {
+            writer = writer.without_sync();
+        }
         writer
             .file
             .write_all(data)
